@@ -1,0 +1,1 @@
+"""Tokenizers, corpus preparation into shards, the shard format and the resumable loader."""

@@ -1,0 +1,293 @@
+"""A nanoGPT-style GPT-2 whose attention takes unlearned query/value/key biases.
+
+Learned positions, pre-LayerNorm, tied embeddings, vocabulary padded to a multiple of 64,
+init std 0.02 with residual projections scaled by (2 * n_layer)^-1/2. The biases are passed in as
+tensors (drawn outside, see model/symmetry.py) so a compiled forward has no graph break and
+attention stays on F.scaled_dot_product_attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.symmetry import MODES, BiasSpec
+
+PRESETS: dict[str, tuple[int, int, int]] = {  # name: (n_layer, n_head, n_embd)
+    "tiny": (2, 2, 64),
+    "small": (4, 4, 128),
+    "mini": (6, 6, 384),
+    "124M": (12, 12, 768),
+    "355M": (24, 16, 1024),
+    "774M": (36, 20, 1280),
+    "1.3B": (48, 25, 1600),
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    mlp: str = "prelu"  # prelu | gelu
+    prelu_mean: float = 0.2
+    prelu_std: float = 1.0
+    bias: bool = True
+    dropout: float = 0.0
+    # symmetry breaking
+    mode: str = "bqbv"
+    q_mean: float = 0.5
+    q_std_min: float = 0.05
+    q_std_max: float = 0.15
+    v_mean: float = 0.5
+    v_std: float = 0.05
+    k_bias: bool = False
+    k_mean: float = 0.5
+    k_std: float = 0.05
+    per_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"symmetry mode must be one of {MODES}, got {self.mode!r}")
+        if self.mlp not in ("prelu", "gelu"):
+            raise ValueError(f"mlp must be 'prelu' or 'gelu', got {self.mlp!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return (self.vocab_size + 63) // 64 * 64
+
+    def bias_spec(self) -> BiasSpec:
+        return BiasSpec(
+            mode=self.mode,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            head_dim=self.head_dim,
+            q_mean=self.q_mean,
+            q_std_min=self.q_std_min,
+            q_std_max=self.q_std_max,
+            v_mean=self.v_mean,
+            v_std=self.v_std,
+            k_bias=self.k_bias,
+            k_mean=self.k_mean,
+            k_std=self.k_std,
+            per_head=self.per_head,
+        )
+
+
+class PReLU(nn.Module):
+    """PReLU over the last dimension with one learnable negative slope per feature."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.act = PReLU(4 * cfg.n_embd) if cfg.mlp == "prelu" else nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+def _as_head_bias(b: torch.Tensor) -> torch.Tensor:
+    """(heads, head_dim) -> (1, heads, 1, head_dim), broadcasting over batch and time."""
+    return b.unsqueeze(0).unsqueeze(2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q, k, v of shape (B, n_head, T, head_dim), before any bias."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        bq: torch.Tensor | None = None,
+        bv: torch.Tensor | None = None,
+        bk: torch.Tensor | None = None,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.heads(x)
+        if bq is not None:
+            q = q + _as_head_bias(bq)
+        if bk is not None:
+            k = k + _as_head_bias(bk)
+        if bv is not None:
+            v = v + _as_head_bias(bv)
+        p = self.dropout if self.training else 0.0
+        if reference:  # the plain formula, kept to check the fused kernel against
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = F.dropout(att, p) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, bq=None, bv=None, bk=None, reference: bool = False):
+        x = x + self.attn(self.ln_1(x), bq, bv, bk, reference)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.bias_spec = cfg.bias_spec()
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied
+        # Evaluation biases: the means, as buffers (n_layer, 1, head_dim) so they move with the model.
+        for name, mean in self.bias_spec.means().items():
+            self.register_buffer(f"mean_b{name}", mean.expand(cfg.n_layer, 1, -1).clone(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            elif name.endswith("act.weight"):
+                nn.init.normal_(p, mean=cfg.prelu_mean, std=cfg.prelu_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def mean_biases(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"mean_b{name}") for name in self.bias_spec.means()}
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        biases: dict[str, torch.Tensor] | None = None,
+        reference: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, padded_vocab) and, with targets, the mean cross-entropy (-1 is ignored).
+
+        ``biases`` maps "q"/"v"/"k" to (n_layer, heads, head_dim) draws; None means the evaluation
+        means. ``reference`` swaps the fused attention kernel for the explicit formula.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if biases is None:
+            biases = self.mean_biases()
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        bq, bv, bk = biases.get("q"), biases.get("v"), biases.get("k")
+        for i, block in enumerate(self.transformer.h):
+            x = block(
+                x,
+                None if bq is None else bq[i],
+                None if bv is None else bv[i],
+                None if bk is None else bk[i],
+                reference,
+            )
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def fold_mean_biases(self) -> None:
+        """Add the mean biases into c_attn's bias vector and drop them: the logits are unchanged.
+
+        A query/key bias adds to q/k directly; a value bias b gives softmax(.) @ (v + b) =
+        softmax(.) @ v + b because attention rows sum to one. Afterwards the model is plain
+        symmetric attention, which is what an exported model runs.
+        """
+        C = self.config.n_embd
+        for name, mean in self.mean_biases().items():
+            offset = {"q": 0, "k": C, "v": 2 * C}[name]
+            for i, block in enumerate(self.transformer.h):
+                lin = block.attn.c_attn
+                if lin.bias is None:
+                    lin.bias = nn.Parameter(torch.zeros(3 * C, device=lin.weight.device, dtype=lin.weight.dtype))
+                heads = mean[i].expand(self.config.n_head, -1).reshape(C)
+                lin.bias[offset : offset + C] += heads.to(lin.bias.dtype)
+            delattr(self, f"mean_b{name}")
+        self.config.mode, self.config.k_bias = "symmetric", False
+        self.bias_spec = self.config.bias_spec()
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), the PaLM appendix B estimate."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        """Sample continuations with the mean biases; padded vocabulary entries are never drawn."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.config.block_size :]
+            logits, _ = self(ctx)
+            logits = logits[:, -1, : self.config.vocab_size].float()
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(logits.softmax(dim=-1), 1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
