@@ -1,0 +1,153 @@
+"""The symmetry-breaking mechanism: what it breaks, what it leaves alone, and how it is drawn."""
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, draw_biases
+from model.symmetry import BiasSpec
+
+
+def tiny(mode: str, **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, mode=mode, **kw)
+    return GPT(cfg).double().eval()  # float64: invariances are checked far below float32 rounding
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(1))
+
+
+def random_orthogonal(n: int, seed: int = 2) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+@torch.no_grad()
+def rotate_qk(model: GPT, layer: int, head: int, R: torch.Tensor) -> None:
+    """W_q -> R W_q and W_k -> R W_k for one head (projection biases rotate along)."""
+    lin, C, hd = model.transformer.h[layer].attn.c_attn, model.config.n_embd, model.config.head_dim
+    for offset in (0, C):
+        rows = slice(offset + head * hd, offset + (head + 1) * hd)
+        lin.weight[rows] = R @ lin.weight[rows]
+        lin.bias[rows] = R @ lin.bias[rows]
+
+
+@torch.no_grad()
+def rotate_vo(model: GPT, layer: int, head: int, R: torch.Tensor) -> None:
+    """W_v -> R W_v and the head's columns of W_o -> W_o R^T."""
+    attn, C, hd = model.transformer.h[layer].attn, model.config.n_embd, model.config.head_dim
+    rows = slice(2 * C + head * hd, 2 * C + (head + 1) * hd)
+    attn.c_attn.weight[rows] = R @ attn.c_attn.weight[rows]
+    attn.c_attn.bias[rows] = R @ attn.c_attn.bias[rows]
+    cols = slice(head * hd, (head + 1) * hd)
+    attn.c_proj.weight[:, cols] = attn.c_proj.weight[:, cols] @ R.T
+
+
+def logits_after(mode: str, rotate) -> tuple[torch.Tensor, torch.Tensor]:
+    model = tiny(mode)
+    x = tokens()
+    before = model(x)[0]
+    rotate(model, 1, 0, random_orthogonal(model.config.head_dim))
+    return before, model(x)[0]
+
+
+@pytest.mark.parametrize("rotate", [rotate_qk, rotate_vo])
+def test_symmetric_attention_is_rotation_invariant(rotate):
+    before, after = logits_after("symmetric", rotate)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode,rotate,breaks",
+    [("bq", rotate_qk, True), ("bq", rotate_vo, False), ("bqbv", rotate_qk, True), ("bqbv", rotate_vo, True)],
+)
+def test_biases_break_the_rotations(mode, rotate, breaks):
+    before, after = logits_after(mode, rotate)
+    changed = (before - after).abs().max().item()
+    if breaks:  # small at init (weights ~0.02) but ten orders above float64 rounding
+        assert changed > 1e-6
+    else:  # bq leaves the value/output rotation a symmetry
+        assert changed < 1e-10
+
+
+def test_key_bias_leaves_logits_unchanged():
+    x = tokens()
+    plain = tiny("bqbv")
+    with_k = tiny("bqbv", k_bias=True, k_mean=3.0, k_std=1.0)
+    with_k.load_state_dict(plain.state_dict())
+    biases = draw_biases(plain.bias_spec, seed=5, micro_index=7)
+    biases_k = draw_biases(with_k.bias_spec, seed=5, micro_index=7)
+    assert torch.equal(biases["q"], biases_k["q"]) and torch.equal(biases["v"], biases_k["v"])
+    assert biases_k["k"].abs().max() > 0.5
+    assert torch.allclose(plain(x, biases=biases)[0], with_k(x, biases=biases_k)[0], atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["bq", "bqbv"])
+def test_mean_biases_fold_into_projection_bias(mode):
+    model, x = tiny(mode), tokens()
+    with torch.no_grad():  # nonzero projection biases so the fold adds to something
+        for block in model.transformer.h:
+            block.attn.c_attn.bias.normal_()
+    explicit = model(x, biases=model.mean_biases())[0]
+    model.fold_mean_biases()
+    assert model.config.mode == "symmetric" and not model.mean_biases()
+    assert torch.allclose(model(x)[0], explicit, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "bq", "bqbv"])
+def test_sdpa_matches_reference_attention(mode):
+    model, x = tiny(mode, k_bias=True), tokens()
+    biases = draw_biases(model.bias_spec, seed=3, micro_index=11)
+    fast = model(x, biases=biases)[0]
+    slow = model(x, biases=biases, reference=True)[0]
+    assert torch.allclose(fast, slow, atol=1e-10)
+
+
+def spec(**kw) -> BiasSpec:
+    return BiasSpec(mode="bqbv", n_layer=3, n_head=4, head_dim=8, **kw)
+
+
+def test_bias_draws_are_keyed_by_seed_micro_batch_and_layer():
+    s = spec()
+    a, b = draw_biases(s, 1, 10), draw_biases(s, 1, 10)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other_batch, other_seed = draw_biases(s, 1, 11), draw_biases(s, 2, 10)
+    for k in a:
+        assert not torch.equal(a[k], other_batch[k]) and not torch.equal(a[k], other_seed[k])
+        assert not torch.equal(a[k][0], a[k][1])  # layers differ
+    assert a["q"].shape == (3, 1, 8)  # one vector shared by the heads of a layer
+    assert draw_biases(spec(per_head=True), 1, 10)["q"].shape == (3, 4, 8)
+    assert draw_biases(BiasSpec("symmetric", 3, 4, 8), 1, 10) is None
+
+
+def test_bias_draw_statistics_match_the_config():
+    s = spec(per_head=True)
+    draws = [draw_biases(s, 0, m) for m in range(400)]  # 400 x 3 layers x 4 heads samples per coordinate
+    q = torch.stack([d["q"] for d in draws]).reshape(-1, 8)
+    v = torch.stack([d["v"] for d in draws]).reshape(-1, 8)
+    n = q.shape[0]
+    assert torch.allclose(q.mean(0), torch.full((8,), 0.5), atol=4 * 0.15 / n**0.5)
+    assert torch.allclose(q.std(0), torch.linspace(0.05, 0.15, 8), rtol=0.06)
+    assert torch.allclose(v.mean(0), torch.full((8,), 0.5), atol=4 * 0.05 / n**0.5)
+    assert torch.allclose(v.std(0), torch.full((8,), 0.05), rtol=0.06)
+
+
+def test_prelu_slopes_and_residual_init():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=100, block_size=8, n_layer=4, n_head=4, n_embd=64)
+    model = GPT(cfg)
+    slopes = torch.cat([b.mlp.act.weight for b in model.transformer.h])
+    assert abs(slopes.mean().item() - 0.2) < 0.05 and abs(slopes.std().item() - 1.0) < 0.05
+    proj = torch.cat([b.mlp.c_proj.weight.flatten() for b in model.transformer.h])
+    assert abs(proj.std().item() - 0.02 / (2 * 4) ** 0.5) < 1e-3
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.wte.weight.shape[0] == 128  # 100 padded to a multiple of 64
+
+
+def test_compiled_bqbv_forward_has_no_graph_break():
+    # backend="eager" traces with dynamo exactly as inductor would, without code generation, so the
+    # check needs no C++ compiler; fullgraph=True raises on any graph break.
+    model, x = tiny("bqbv"), tokens()
+    biases = draw_biases(model.bias_spec, seed=0, micro_index=0)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x, x, biases)[0], model(x, x, biases)[0])
