@@ -92,6 +92,8 @@ class OptimConfig:
     nu: float = 0.0
     per_tensor: bool = False  # reproduce the reference code's per-tensor dot products
     on_low_loss: str = "error"  # what to do when F <= F0: error | skip | clamp
+    low_loss_floor: float = 1e-3  # on_low_loss=clamp: F - F0 is raised to this
+    noise_seed: int = 0  # seeds ECD's direction noise (nu > 0); the same on every rank
 
 
 @dataclass
