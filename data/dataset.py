@@ -10,7 +10,7 @@ from typing import Any
 from configs import DataConfig, UserError
 from data.loader import TokenStream
 from data.shards import find_shards
-from data.tokenizer import Tokenizer, get_tokenizer
+from data.tokenizer import GPT2_VOCAB, Tokenizer, get_tokenizer
 
 
 @dataclass
@@ -31,15 +31,26 @@ def load_meta(folder: Path) -> dict[str, Any]:
     """meta.json, or GPT-2 defaults for shards made elsewhere (llm.c / modded-nanogpt fineweb shards)."""
     path = folder / "meta.json"
     if not path.exists():
-        return {"tokenizer": "gpt2", "vocab_size": 50257, "source": "external"}
+        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB, "source": "external"}
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except ValueError:
-        raise UserError(f"'{path}' is not valid JSON; re-create the dataset with python -m data.prepare") from None
+        meta = None
+    if not isinstance(meta, dict) or not {"tokenizer", "vocab_size"} <= set(meta):
+        raise UserError(f"'{path}' is not a dataset description; re-create the dataset with python -m data.prepare")
+    return meta
 
 
 def load_tokenizer(folder: Path, meta: dict[str, Any]) -> Tokenizer:
-    return get_tokenizer(meta["tokenizer"])
+    """The tokenizer meta.json names; a trained BPE is loaded from its file beside the shards."""
+    file = meta.get("tokenizer_file")
+    tok = get_tokenizer(meta["tokenizer"], tokenizer_file=folder / file if file else None)
+    if tok.vocab_size != meta["vocab_size"]:
+        raise UserError(
+            f"'{folder}/meta.json' says vocab_size {meta['vocab_size']} but its {tok.name} tokenizer has "
+            f"{tok.vocab_size}; re-create the dataset with python -m data.prepare"
+        )
+    return tok
 
 
 def resolve_folder(cfg: DataConfig, ctx: Any = None) -> Path:

@@ -5,7 +5,11 @@ B*T tokens (plus one for the shifted targets); an epoch visits every window of e
 with the shard order and the window order within each shard permuted by (seed, epoch). Window m is
 addressed directly, so the trainer's position is one integer (the next global micro-batch index).
 Rank r of W at accumulation micro-step i of step s reads window (s*A + i)*W + r: the ranks of a step
-read disjoint windows whose union is what one process with accumulation A*W reads.
+read disjoint windows whose union is what one process with accumulation A*W reads, and a resumed run
+(which restores s from its checkpoint) continues with exactly the next unseen window.
+
+Opening validates every shard: its header (magic, version, file size against the token count) and
+its largest token against the vocabulary, so a mismatched shard fails with its name before training.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import check_vocab, open_shard
+from data.shards import check_vocab_all, open_shard
 
 
 class TokenStream:
@@ -31,8 +35,7 @@ class TokenStream:
         self.B, self.T, self.seed, self.shuffle = batch_size, block_size, seed, shuffle
         self.shards = [open_shard(f) for f in self.files]
         if vocab_size is not None:
-            for f, s in zip(self.files, self.shards):
-                check_vocab(f, s, vocab_size)
+            check_vocab_all(self.files, self.shards, vocab_size)
         span = batch_size * block_size
         self.windows = np.array([max(0, (len(s) - 1) // span) for s in self.shards], dtype=np.int64)
         self.per_epoch = int(self.windows.sum())

@@ -1,14 +1,18 @@
 """Token shards in the llm.c / modded-nanogpt layout.
 
-A shard is a 256 x int32 header (magic, version, token count, the rest zero) followed by the tokens:
-uint16 for version 1 (vocabularies up to 65,536) and uint32 for version 2 (larger vocabularies, this
-project's extension). Documents are separated by the tokenizer's end-of-text token. Train and
-validation shards live side by side and are told apart by name (``*_train_*.bin``, ``*_val_*.bin``).
+A shard is a 256 x int32 header (magic 20240520, version, token count, the rest zero) followed by the
+tokens: uint16 for version 1 (vocabularies up to 65,536, the llm.c format) and uint32 for version 2
+(larger vocabularies, this project's extension). Documents are separated by the tokenizer's
+end-of-text token, which also starts each document. Train and validation shards live side by side
+and are told apart by name as llm.c names them: ``fineweb_train_000001.bin``, ``fineweb_val_000000.bin``,
+``tiny_shakespeare_val.bin``.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 DTYPES = {1: np.uint16, 2: np.uint32}
+MAX_CHUNK = 1 << 24  # tokens per step of the vocabulary scan: bounded memory on 100M-token shards
 
 
 def dtype_for_vocab(vocab_size: int) -> tuple[int, type]:
@@ -26,15 +31,19 @@ def dtype_for_vocab(vocab_size: int) -> tuple[int, type]:
     return (1, np.uint16) if vocab_size <= 2**16 else (2, np.uint32)
 
 
+def shard_header(version: int, count: int) -> bytes:
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:3] = (MAGIC, version, count)
+    return header.tobytes()
+
+
 def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int) -> None:
     """Write atomically (temporary file, then rename) so a crash never leaves a half shard."""
     version, dtype = dtype_for_vocab(vocab_size)
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = (MAGIC, version, len(tokens))
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header.tobytes())
+        f.write(shard_header(version, len(tokens)))
         f.write(np.asarray(tokens, dtype=dtype).tobytes())
     os.replace(tmp, path)
 
@@ -60,14 +69,24 @@ def read_header(path: str | Path) -> tuple[int, int]:
     return version, count
 
 
-def open_shard(path: str | Path) -> np.memmap:
+def open_shard(path: str | Path) -> np.memmap | np.ndarray:
     """Memory-map a shard's tokens (validated header)."""
     version, count = read_header(path)
+    if count == 0:  # numpy cannot map zero bytes
+        return np.zeros(0, dtype=DTYPES[version])
     return np.memmap(path, dtype=DTYPES[version], mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
+def max_token(tokens: np.ndarray) -> int:
+    """The largest id, scanned in chunks so that a 100M-token memory map is never copied whole."""
+    top = 0
+    for start in range(0, len(tokens), MAX_CHUNK):
+        top = max(top, int(tokens[start : start + MAX_CHUNK].max()))
+    return top
+
+
 def check_vocab(path: str | Path, tokens: np.ndarray, vocab_size: int) -> None:
-    top = int(tokens.max()) if len(tokens) else 0
+    top = max_token(tokens)
     if top >= vocab_size:
         raise UserError(
             f"shard '{path}' holds token {top}, outside the vocabulary of {vocab_size}; "
@@ -75,12 +94,29 @@ def check_vocab(path: str | Path, tokens: np.ndarray, vocab_size: int) -> None:
         )
 
 
+def check_vocab_all(files: list[Path], shards: list[np.ndarray], vocab_size: int) -> None:
+    """``check_vocab`` on every shard; threads overlap the reads (numpy's max releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        tops = list(pool.map(max_token, shards))
+    for path, top in zip(files, tops):
+        if top >= vocab_size:
+            check_vocab(path, np.array([top]), vocab_size)
+
+
+def shard_name_pattern(split: str) -> re.Pattern:
+    """``*_{split}_NNNNNN.bin``, ``*_{split}.bin`` or ``{split}_NNNNNN.bin``: llm.c's names."""
+    return re.compile(rf"(?:^|[_-]){re.escape(split)}(?:[_-]\d+)?\.bin$")
+
+
 def find_shards(folder: str | Path, split: str) -> list[Path]:
     """Shards of a split ('train' or 'val') in ``folder``, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data folder '{folder}' not found; set --data.path to a folder of token shards")
-    files = sorted(p for p in folder.glob("*.bin") if f"_{split}" in p.name or p.name.startswith(f"{split}_"))
+    pattern = shard_name_pattern(split)
+    files = sorted(p for p in folder.glob("*.bin") if pattern.search(p.name))
     if not files:
-        raise UserError(f"no {split} shards (*_{split}_*.bin) in '{folder}'; prepare data with python -m data.prepare")
+        raise UserError(
+            f"no {split} shards (*_{split}_NNNNNN.bin) in '{folder}'; prepare data with python -m data.prepare"
+        )
     return files
