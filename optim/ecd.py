@@ -1,0 +1,214 @@
+"""Energy Conserving Descent, the q=1 form (SCIENCE.md section 1).
+
+θ is every parameter as one vector of dimension d, g its gradient and F the step's loss, both with
+coupled L2 (g + wd·θ, F + ½·Σ_groups wd·‖θ_group‖²). With Δt = lr/√η and ν' = ν/√d, one step is:
+
+  1. first step only: v ← −g/‖g‖
+  2. v ← v/‖v‖                                    (energy conservation: back to unit speed)
+  3. v ← v − c·(g − v·(v·g)),  c = ½·Δt·η·d / ((d−1)·(F−F0))
+  4. θ ← θ + Δt·v
+  5. v ← ‖v‖·u/‖u‖,  u = v/‖v‖ + ν'·z,  z ~ N(0, I)   (skipped when ν = 0)
+
+Step 2 of the next step only rescales v, so the velocity is stored already normalised at the end of
+each step (identical trajectory; the stored velocity has unit norm between steps). Norms and v·g are
+taken over all parameters jointly; ``per_tensor=True`` takes v·g per tensor, as the paper's own code
+does, for comparison only.
+
+The velocity lives in one flat buffer (``velocity``, in parameter order, saved under
+``state_dict()["ecd"]``), so the norms and the dot product are single reductions and the step does no host synchronisation, except the one the
+``on_low_loss`` policy needs to act on F − F0 ≤ 0 before anything moves (``error`` and ``skip``).
+Under DDP every rank gets the same all-reduced loss and gradients, and z is drawn from a generator
+seeded by (noise_seed, step), so the replicas stay identical and resume replays the same noise.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.distributed as dist
+
+from configs import OptimConfig, UserError
+from model.symmetry import draw_key
+
+LOW_LOSS_POLICIES = ("error", "skip", "clamp")
+CLAMP_REPORT_EVERY = 100  # steps between the (synchronising) checks for clamped steps
+
+
+class LowLossError(UserError):
+    """F − F0 ≤ 0: the ECD energy is undefined; F0 must lie below every loss the run will see."""
+
+
+def _say(msg: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+class ECD(torch.optim.Optimizer):
+    requires_loss = True
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1.0,
+        eta: float = 100.0,
+        f0: float = 2.0,
+        nu: float = 0.0,
+        weight_decay: float = 0.0,
+        per_tensor: bool = False,
+        on_low_loss: str = "error",
+        low_loss_floor: float = 1e-3,
+        noise_seed: int = 0,
+    ):
+        if on_low_loss not in LOW_LOSS_POLICIES:
+            raise UserError(f"unknown optim.on_low_loss '{on_low_loss}'; use one of: {', '.join(LOW_LOSS_POLICIES)}")
+        if eta <= 0:
+            raise UserError(f"optim.eta must be positive for ECD, got {eta}")
+        if nu < 0:
+            raise UserError(f"optim.nu must be >= 0 for ECD, got {nu}")
+        if low_loss_floor <= 0:
+            raise UserError(f"optim.low_loss_floor must be positive, got {low_loss_floor}")
+        defaults = dict(lr=lr, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.eta, self.f0, self.nu, self.per_tensor = eta, f0, nu, per_tensor
+        self.on_low_loss, self.low_loss_floor, self.noise_seed = on_low_loss, low_loss_floor, noise_seed
+        self.params = [p for g in self.param_groups for p in g["params"]]
+        self.sizes = [p.numel() for p in self.params]
+        self.dim = sum(self.sizes)
+        if self.dim < 2:
+            raise UserError("ECD needs at least 2 parameters (d/(d-1) in its step)")
+        self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
+        self.device = self.params[0].device
+        self.steps = 0  # applied steps: the first one initialises v, and it keys the noise draw
+        self.skipped = 0
+        self.low_loss_steps = torch.zeros((), dtype=torch.int64, device=self.device)  # clamped steps
+        self.low_loss_reported = 0
+        self.velocity = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        position = {id(p): i for i, p in enumerate(self.params)}
+        self.group_index = [[position[id(p)] for p in g["params"]] for g in self.param_groups]
+        self.sizes_t = torch.tensor(self.sizes, device=self.device)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [v.view(p.shape) for p, v in zip(self.params, flat.split(self.sizes))]
+
+    def _flat_grad(self) -> torch.Tensor:
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype) for p in self.params
+        ]
+        return torch.cat(grads)
+
+    def _step_size(self) -> float:
+        lrs = {g["lr"] for g in self.param_groups}
+        if len(lrs) > 1:
+            raise UserError("ECD moves all parameters with one time step; give every parameter group the same lr")
+        return lrs.pop() / math.sqrt(self.eta)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss: torch.Tensor | float | None = None):
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None:
+            raise UserError("ECD needs the step's loss: call step(loss=...) or pass a closure")
+        dt = self._step_size()
+        F = torch.as_tensor(loss, device=self.device).detach().to(self.dtype).reshape(())
+        g = self._flat_grad()
+        g_views = self._views(g)
+        for group, idx in zip(self.param_groups, self.group_index):  # coupled L2: into g and into F
+            wd = group["weight_decay"]
+            if wd:
+                torch._foreach_add_([g_views[i] for i in idx], group["params"], alpha=wd)
+                sq = torch.stack(torch._foreach_norm(group["params"])).to(self.dtype).square().sum()
+                F = F + 0.5 * wd * sq
+        gap = F - self.f0
+        if self.on_low_loss != "clamp":
+            if bool(gap <= 0):  # the policy's one host synchronisation per step
+                msg = (
+                    f"ECD: loss {float(F):.6g} is at or below F0 = {self.f0} at step {self.steps + 1}; "
+                    "the energy (F - F0) is undefined there; set optim.f0 below the lowest loss"
+                )
+                if self.on_low_loss == "error":
+                    raise LowLossError(msg + " (or optim.on_low_loss=skip|clamp)")
+                self.skipped += 1
+                _say(f"warning: {msg}; step skipped ({self.skipped} so far)")
+                return loss
+        else:
+            self.low_loss_steps += (gap <= 0).to(torch.int64)
+            gap = gap.clamp(min=self.low_loss_floor)
+            if (self.steps + 1) % CLAMP_REPORT_EVERY == 0:
+                self._report_clamps()
+
+        v = self.velocity
+        if self.steps == 0:  # 1. start along the descent direction (unit norm, so 2. is a no-op)
+            torch.div(g, -torch.linalg.vector_norm(g), out=v)
+        # 2. is already done: v was stored with unit norm.
+        c = (0.5 * dt * self.eta * self.dim / (self.dim - 1)) / gap
+        if self.per_tensor:  # 3. with v·g per tensor (the paper's code)
+            dots = torch.stack([torch.dot(a, b) for a, b in zip(v.split(self.sizes), g.split(self.sizes))])
+            scale = torch.repeat_interleave(1 + c * dots, self.sizes_t, output_size=self.dim)
+            v.mul_(scale)
+        else:  # 3. v(1 + c·v·g) − c·g
+            v.mul_(1 + c * torch.dot(v, g))
+        v.sub_(g.mul_(c))
+        torch._foreach_add_(self.params, self._views(v), alpha=dt)  # 4.
+        v.div_(torch.linalg.vector_norm(v))  # 5. (and 2. of the next step)
+        if self.nu > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(draw_key(self.noise_seed, self.steps, 0))
+            z = torch.randn(self.dim, generator=gen, device=self.device, dtype=self.dtype)
+            v.add_(z, alpha=self.nu / math.sqrt(self.dim))
+            v.div_(torch.linalg.vector_norm(v))
+        self.steps += 1
+        return loss
+
+    def _report_clamps(self) -> None:
+        n = int(self.low_loss_steps)
+        if n > self.low_loss_reported:
+            _say(
+                f"warning: ECD: F - F0 <= 0 on {n} step(s) so far (clamped to {self.low_loss_floor}); "
+                "set optim.f0 below the lowest loss"
+            )
+            self.low_loss_reported = n
+
+    def state_dict(self) -> dict:
+        if self.on_low_loss == "clamp":
+            self._report_clamps()
+        sd = super().state_dict()
+        sd["ecd"] = {
+            "velocity": self.velocity.clone(),
+            "steps": self.steps,
+            "skipped": self.skipped,
+            "low_loss_steps": self.low_loss_steps.clone(),
+            "low_loss_reported": self.low_loss_reported,
+            "noise_seed": self.noise_seed,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("ecd")
+        if extra["velocity"].numel() != self.dim:
+            raise UserError("the checkpoint's ECD velocity does not match the model's parameters")
+        super().load_state_dict(state_dict)
+        self.velocity = extra["velocity"].to(device=self.device, dtype=self.dtype).clone()
+        self.steps, self.skipped = int(extra["steps"]), int(extra["skipped"])
+        self.low_loss_steps = extra["low_loss_steps"].to(self.device)
+        self.low_loss_reported = int(extra["low_loss_reported"])
+        if int(extra["noise_seed"]) != self.noise_seed:
+            raise UserError("the checkpoint's ECD noise_seed differs from optim.noise_seed; keep it the same to resume")
+
+
+def build(param_groups: list[dict], cfg: OptimConfig) -> ECD:
+    return ECD(
+        param_groups,
+        lr=cfg.lr,
+        eta=cfg.eta,
+        f0=cfg.f0,
+        nu=cfg.nu,
+        weight_decay=cfg.weight_decay,
+        per_tensor=cfg.per_tensor,
+        on_low_loss=cfg.on_low_loss,
+        low_loss_floor=cfg.low_loss_floor,
+        noise_seed=cfg.noise_seed,
+    )
