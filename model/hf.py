@@ -1,0 +1,242 @@
+"""Hugging Face interop: export a run to a ``save_pretrained`` folder, import stock GPT-2 weights.
+
+    python -m model.hf export RUN_DIR OUT_DIR [--custom]   # safetensors + config (+ modelling code)
+    python -m model.hf import SRC OUT_RUN                  # SRC: a local GPT-2 folder or a hub name
+
+Export folds the mean attention biases into the projection bias first (exact, see
+GPT.fold_mean_biases), so nothing of the symmetry breaking is left at inference. A GELU model then
+is a stock ``GPT2LMHeadModel`` (our GELU is the tanh approximation, GPT-2's ``gelu_new``; GPT-2's
+Conv1D stores weights as (in, out), the transpose of nn.Linear). A PReLU model needs its own code:
+``model/hf_modeling.py`` is copied in as ``modeling_symbreak.py`` and loads with
+``AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)``. Logits cover the real
+vocabulary only (the padding rows of the embedding are dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from configs import UserError
+from model.gpt import GPT, GPTConfig
+
+MODELING_FILE = Path(__file__).with_name("hf_modeling.py")
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def folded_state(model: GPT) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """A copy of the model with its mean biases folded in; every projection and norm gets a bias tensor."""
+    m = copy.deepcopy(model).float().cpu()
+    m.fold_mean_biases()
+    cfg = m.config
+    state = {k: v.detach().clone() for k, v in m.state_dict().items() if k != "lm_head.weight"}
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][: cfg.vocab_size].clone()
+    for i in range(cfg.n_layer):  # exported attention always carries a projection bias
+        state.setdefault(f"transformer.h.{i}.attn.c_attn.bias", torch.zeros(3 * cfg.n_embd))
+    return cfg, state
+
+
+def _with_zero_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stock GPT-2 has a bias in every Linear/LayerNorm; a bias-free model's are zeros, exactly."""
+    out = dict(state)
+    for key, w in state.items():
+        is_norm = ".ln_" in key or key.startswith("transformer.ln_f")
+        if key.endswith(".weight") and (is_norm or key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))):
+            bias_key = key[: -len("weight")] + "bias"
+            out.setdefault(bias_key, torch.zeros(w.shape[0]))
+    return out
+
+
+def to_gpt2(model: GPT, eot: int | None = None):
+    """A transformers ``GPT2LMHeadModel`` computing the same logits (GELU models only)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if model.config.mlp != "gelu":
+        raise UserError("only a GELU model exports to stock GPT-2; a PReLU model needs the custom code (--custom)")
+    cfg, state = folded_state(model)
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.n_embd,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=True,
+    )
+    state = _with_zero_biases(state)
+    for key in list(state):
+        if key.endswith(CONV1D):
+            state[key] = state[key].t().contiguous()
+    hf = GPT2LMHeadModel(hf_cfg)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte
+    if missing or unexpected:
+        raise RuntimeError(f"GPT-2 weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def to_custom(model: GPT, eot: int | None = None):
+    """The model as ``modeling_symbreak.SymbreakForCausalLM`` (imported from model/hf_modeling.py)."""
+    from model.hf_modeling import SymbreakConfig, SymbreakForCausalLM
+
+    cfg, state = folded_state(model)
+    hf_cfg = SymbreakConfig(
+        vocab_size=cfg.vocab_size,
+        block_size=cfg.block_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        mlp=cfg.mlp,
+        bias=cfg.bias,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    hf = SymbreakForCausalLM(hf_cfg)
+    hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
+def export(model: GPT, out_dir: str | Path, eot: int | None = None, custom: bool = False) -> str:
+    """Write ``out_dir`` (config.json, model.safetensors, and for custom code modeling_symbreak.py).
+
+    Returns "gpt2" for a stock GPT-2 export, "custom" otherwise.
+    """
+    out = Path(out_dir)
+    if custom or model.config.mlp != "gelu":
+        hf = to_custom(model, eot)
+        hf.config.auto_map = {
+            "AutoConfig": "modeling_symbreak.SymbreakConfig",
+            "AutoModelForCausalLM": "modeling_symbreak.SymbreakForCausalLM",
+        }
+        hf.save_pretrained(out, safe_serialization=True)
+        shutil.copyfile(MODELING_FILE, out / "modeling_symbreak.py")
+        return "custom"
+    to_gpt2(model, eot).save_pretrained(out, safe_serialization=True)
+    return "gpt2"
+
+
+def from_gpt2(hf: Any) -> GPT:
+    """Our GPT (symmetric, GELU) with the weights of a transformers ``GPT2LMHeadModel``."""
+    c = hf.config
+    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"GPT-2 activation '{c.activation_function}' is not the tanh GELU this model uses")
+    if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
+        raise UserError(f"GPT-2 layer_norm_epsilon {c.layer_norm_epsilon} differs from the model's 1e-5")
+    if c.n_inner not in (None, 4 * c.n_embd):
+        raise UserError(f"GPT-2 n_inner {c.n_inner} is not 4 * n_embd as this model requires")
+    cfg = GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        mlp="gelu",
+        mode="symmetric",
+    )
+    model = GPT(cfg)
+    state = {k: v.detach().float().clone() for k, v in hf.state_dict().items() if not k.startswith("lm_head")}
+    for key in list(state):
+        if key.endswith(CONV1D):
+            state[key] = state[key].t().contiguous()
+    wte = torch.zeros(cfg.padded_vocab_size, cfg.n_embd)  # padding rows: zero logits, never sampled
+    wte[: c.vocab_size] = state["transformer.wte.weight"]
+    state["transformer.wte.weight"] = wte
+    state["lm_head.weight"] = wte
+    ours = model.state_dict()
+    state = {k: v for k, v in state.items() if k in ours}  # drops GPT-2's causal-mask buffers if any
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_gpt2(src: str):
+    """A ``GPT2LMHeadModel`` from a local folder, or from the hub when ``src`` is a name and we are online."""
+    from transformers import GPT2LMHeadModel
+
+    try:
+        return GPT2LMHeadModel.from_pretrained(src)
+    except OSError as e:
+        raise UserError(f"cannot load GPT-2 weights from '{src}' ({e}); pass a local save_pretrained folder") from None
+
+
+def import_run(src: str, out_run: str | Path) -> Path:
+    """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools."""
+    from configs import from_dict, to_dict, to_toml
+    from train import save_checkpoint
+
+    out = Path(out_run)
+    if out.exists() and any(out.glob("ckpt_*.pt")):
+        raise UserError(f"'{out}' already holds a run; choose another OUT_RUN")
+    model = from_gpt2(load_gpt2(src))
+    c = model.config
+    cfg = from_dict(
+        {
+            "run": {"name": out.name, "dir": str(out.parent)},
+            "model": {
+                "n_layer": c.n_layer,
+                "n_head": c.n_head,
+                "n_embd": c.n_embd,
+                "block_size": c.block_size,
+                "vocab_size": c.vocab_size,
+                "mlp": "gelu",
+            },
+            "symmetry": {"mode": "symmetric"},
+            "data": {"tokenizer": "gpt2"},
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(to_dict(cfg)))
+    payload = {"model": model.state_dict(), "config": to_dict(cfg), "step": 0, "tokens": 0, "source": str(src)}
+    return save_checkpoint(out, 0, payload, keep=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Export a run to Hugging Face format, or import GPT-2 weights.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write a save_pretrained folder for RUN_DIR")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+    e.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    e.add_argument("--custom", action="store_true", help="use the custom modelling code even for a GELU model")
+    i = sub.add_parser("import", help="make a run dir from stock GPT-2 weights")
+    i.add_argument("src", help="a local GPT-2 folder (save_pretrained), or a hub name such as gpt2 when online")
+    i.add_argument("out_run")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "export":
+            from eval.run import load_run
+
+            run = load_run(args.run_dir, "cpu", args.checkpoint)
+            kind = export(run.model, args.out_dir, run.tokenizer.eot, args.custom)
+            (Path(args.out_dir) / "symbreak.json").write_text(
+                json.dumps(
+                    {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
+                )
+            )
+            how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
+            print(f"exported {run.checkpoint} to {args.out_dir} ({how})")
+        else:
+            path = import_run(args.src, args.out_run)
+            print(f"imported {args.src} into {path}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

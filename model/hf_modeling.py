@@ -1,0 +1,152 @@
+"""Hugging Face modelling code for an exported symbreak GPT (loaded with ``trust_remote_code=True``).
+
+This file is copied next to the weights as ``modeling_symbreak.py`` and must stay self-contained:
+it imports only torch and transformers. The exported model is the training model with its mean
+attention biases folded into the query/key/value projection bias, so attention here is plain causal
+attention; the MLP is PReLU with one learned negative slope per feature, or tanh-approximated GELU.
+Embeddings are tied: the logits are the final hidden states times the token embedding matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+class SymbreakConfig(PretrainedConfig):
+    model_type = "symbreak-gpt"
+    attribute_map = {
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "hidden_size": "n_embd",
+        "max_position_embeddings": "block_size",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        block_size: int = 1024,
+        n_layer: int = 12,
+        n_head: int = 12,
+        n_embd: int = 768,
+        mlp: str = "prelu",
+        bias: bool = True,
+        layer_norm_eps: float = 1e-5,
+        **kwargs,
+    ):
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.mlp, self.bias, self.layer_norm_eps = mlp, bias, layer_norm_eps
+        kwargs.setdefault("tie_word_embeddings", False)  # logits use wte directly; there is no lm_head
+        super().__init__(**kwargs)
+
+
+class PReLU(nn.Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: SymbreakConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=True)  # holds the folded mean biases
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SymbreakConfig):
+        super().__init__()
+        C = cfg.n_embd
+        self.ln_1 = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = nn.Linear(C, 4 * C, bias=cfg.bias)
+        self.mlp.act = PReLU(4 * C) if cfg.mlp == "prelu" else nn.GELU(approximate="tanh")
+        self.mlp.c_proj = nn.Linear(4 * C, C, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp.c_proj(self.mlp.act(self.mlp.c_fc(self.ln_2(x))))
+
+
+class SymbreakForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = SymbreakConfig
+    base_model_prefix = "transformer"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: SymbreakConfig):
+        super().__init__(config)
+        C = config.n_embd
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, C),
+                wpe=nn.Embedding(config.block_size, C),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias),
+            )
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        B, T = input_ids.shape
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            keep = attention_mask.bool()
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            mask = causal[None, None] & keep[:, None, None, :]
+            mask = mask | torch.eye(T, dtype=torch.bool, device=input_ids.device)  # no all-masked rows
+            if position_ids is None:  # left padding: count positions from the first real token
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)[None]
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        for block in self.transformer.h:
+            x = block(x, mask)
+        logits = F.linear(self.transformer.ln_f(x), self.transformer.wte.weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask=None, **kwargs) -> dict:
+        # No key/value cache: every generation step runs the (at most block_size) context again.
+        input_ids = input_ids[:, -self.config.block_size :]
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -self.config.block_size :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
