@@ -1,0 +1,176 @@
+"""SOAP: Adam run in the eigenbasis of Shampoo's preconditioners.
+
+For a weight matrix W (m×n; higher-dimensional weights are viewed as m×rest) with gradient G:
+
+  L ← β_s·L + (1−β_s)·G Gᵀ   (m×m, only when m ≤ max_precond_dim; otherwise that side is the identity)
+  R ← β_s·R + (1−β_s)·Gᵀ G   (n×n, likewise)
+  G̃ = Q_Lᵀ G Q_R                                  the gradient in the eigenbasis
+  M̃ ← β1·M̃ + (1−β1)·G̃,   V ← β2·V + (1−β2)·G̃²       Adam's moments, kept in the eigenbasis
+  W ← W·(1 − lr·wd) − lr/(1−β1ᵗ) · Q_L [M̃ / (√(V/(1−β2ᵗ)) + eps)] Q_Rᵀ
+
+Q_L, Q_R come from ``eigh`` of the first step's Gram matrices and are refreshed every
+``precondition_frequency`` steps by one power iteration and QR (Q ← qr(L·Q), columns ordered by the
+estimated eigenvalues diag(Qᵀ L Q), descending, V's axis permuted along with them). M̃ is rotated
+exactly into the new basis; V is carried over. The Gram matrices take the current gradient after the
+Adam step, so a projection never contains the gradient it projects (except on the first step).
+1-D parameters have no sides: plain AdamW with the same conventions as ``torch.optim.AdamW``.
+All state is fp32 (fp64 for fp64 parameters), whatever the autocast dtype. Every rank computes the
+same refresh from the same all-reduced gradients, so DDP replicas stay identical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from configs import OptimConfig, UserError
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t
+
+
+def _eigenbasis(gram: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric PSD matrix, by descending eigenvalue."""
+    try:
+        _, vecs = torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:  # ill-conditioned in fp32: fp64 converges
+        _, vecs = torch.linalg.eigh(gram.double())
+        vecs = vecs.to(gram.dtype)
+    return vecs.flip(1)
+
+
+class SOAP(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params,
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        shampoo_beta: float = -1.0,
+    ):
+        if precondition_frequency < 1:
+            raise UserError(f"optim.precondition_frequency must be >= 1, got {precondition_frequency}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim,
+            shampoo_beta=shampoo_beta,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
+        state = self.state[p]
+        dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+        shape = _matrix(p).shape
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=p.device)
+        state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=p.device)
+        if p.dim() >= 2:
+            for side, size in (("left", shape[0]), ("right", shape[1])):
+                if size <= group["max_precond_dim"]:
+                    state[f"gram_{side}"] = torch.zeros(size, size, dtype=dtype, device=p.device)
+        return state
+
+    @staticmethod
+    def _grams(state: dict, g: torch.Tensor, beta: float) -> None:
+        if "gram_left" in state:
+            state["gram_left"].lerp_(g @ g.T, 1 - beta)
+        if "gram_right" in state:
+            state["gram_right"].lerp_(g.T @ g, 1 - beta)
+
+    @staticmethod
+    def _project(state: dict, g: torch.Tensor) -> torch.Tensor:
+        if "q_left" in state:
+            g = state["q_left"].T @ g
+        if "q_right" in state:
+            g = g @ state["q_right"]
+        return g
+
+    @staticmethod
+    def _project_back(state: dict, u: torch.Tensor) -> torch.Tensor:
+        if "q_left" in state:
+            u = state["q_left"] @ u
+        if "q_right" in state:
+            u = u @ state["q_right"].T
+        return u
+
+    @staticmethod
+    def _refresh(state: dict) -> None:
+        """One power iteration and QR per side; M̃ is rotated into the new basis, V follows the order."""
+        for axis, side in ((0, "left"), (1, "right")):
+            if f"q_{side}" not in state:
+                continue
+            gram, q_old = state[f"gram_{side}"], state[f"q_{side}"]
+            order = torch.argsort((q_old * (gram @ q_old)).sum(0), descending=True)
+            state["exp_avg_sq"] = state["exp_avg_sq"].index_select(axis, order)
+            q_new = torch.linalg.qr(gram @ q_old[:, order]).Q
+            turn = q_new.T @ q_old  # old eigenbasis coordinates -> new ones
+            state["exp_avg"] = turn @ state["exp_avg"] if axis == 0 else state["exp_avg"] @ turn.T
+            state[f"q_{side}"] = q_new
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else beta2
+            states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
+            grads = [_matrix(p.grad).to(s["exp_avg"].dtype) for p, s in zip(params, states)]
+            for s, g in zip(states, grads):
+                s["step"] += 1
+                if s["step"] == 1 and ("gram_left" in s or "gram_right" in s):
+                    self._grams(s, g, shampoo_beta)
+                    for side in ("left", "right"):
+                        if f"gram_{side}" in s:
+                            s[f"q_{side}"] = _eigenbasis(s[f"gram_{side}"])
+            projected = [self._project(s, g) for s, g in zip(states, grads)]
+            exp_avg = [s["exp_avg"] for s in states]
+            exp_avg_sq = [s["exp_avg_sq"] for s in states]
+            torch._foreach_lerp_(exp_avg, projected, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, projected, projected, value=1 - beta2)
+            steps = [s["step"] for s in states]
+            denom = torch._foreach_sqrt(exp_avg_sq)
+            torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+            torch._foreach_add_(denom, group["eps"])
+            direction = torch._foreach_div(exp_avg, denom)
+            torch._foreach_mul_(direction, [-group["lr"] / (1 - beta1**t) for t in steps])
+            updates = [self._project_back(s, d).view_as(p).to(p.dtype) for s, d, p in zip(states, direction, params)]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, updates)
+            for s, g in zip(states, grads):
+                if s["step"] > 1:
+                    self._grams(s, g, shampoo_beta)
+                if s["step"] % group["precondition_frequency"] == 0:
+                    self._refresh(s)
+        return loss
+
+
+def build(param_groups: list[dict], cfg: OptimConfig) -> SOAP:
+    return SOAP(
+        param_groups,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        precondition_frequency=cfg.precondition_frequency,
+        max_precond_dim=cfg.max_precond_dim,
+        shampoo_beta=cfg.shampoo_beta,
+    )
