@@ -76,12 +76,13 @@ def _encode_in_worker(pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray]:
     return encode_chunk(_worker_tok, pieces)
 
 
-def chunked(pieces: Iterable[Piece], chunk_chars: int = CHUNK_CHARS) -> Iterator[list[Piece]]:
+def chunked(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
+    """Worker tasks of about CHUNK_CHARS characters; the cut depends on the text only, not on timing."""
     chunk, size = [], 0
     for piece in pieces:
         chunk.append(piece)
         size += len(piece[0])
-        if size >= chunk_chars:
+        if size >= CHUNK_CHARS:
             yield chunk
             chunk, size = [], 0
     if chunk:

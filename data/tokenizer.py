@@ -14,6 +14,7 @@ the separator, so documents can never merge or split by accident.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,13 +73,13 @@ def gpt2_encoding(bpe_file: str | Path | None = None):
 
 def _gpt2_from_file(path: Path):
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
 
     if not path.is_file():
         raise UserError(f"GPT-2 ranks file '{path}' not found; {GPT2_HOW_TO}")
-    try:
-        ranks = load_tiktoken_bpe(str(path))
-    except Exception:
+    try:  # tiktoken's format: one "base64(token) rank" per line
+        lines = [line.split() for line in path.read_bytes().splitlines() if line.strip()]
+        ranks = {base64.b64decode(token, validate=True): int(rank) for token, rank in lines}
+    except ValueError:
         ranks = {}
     if len(ranks) != GPT2_MERGES:
         raise UserError(f"'{path}' is not a GPT-2 ranks file (expected {GPT2_MERGES} ranks); {GPT2_HOW_TO}")
