@@ -20,6 +20,7 @@ import numpy as np
 from configs import UserError
 
 MAGIC = 20240520
+LLAMA3_MAGIC = 20240801  # llm.c's LLaMA-3 layout (version 7, uint32): recognized only to say so
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 DTYPES = {1: np.uint16, 2: np.uint32}
@@ -55,6 +56,11 @@ def read_header(path: str | Path) -> tuple[int, int]:
     if size < HEADER_BYTES:
         raise UserError(f"shard '{path}' is truncated ({size} bytes, less than its header); re-create it")
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] == LLAMA3_MAGIC:
+        raise UserError(
+            f"shard '{path}' is an llm.c LLaMA-3 shard (magic {LLAMA3_MAGIC}), whose tokenizer this project "
+            "lacks; prepare the corpus with python -m data.prepare"
+        )
     if header[0] != MAGIC:
         raise UserError(f"shard '{path}' has magic number {header[0]}, not {MAGIC}; it is not an llm.c token shard")
     version, count = int(header[1]), int(header[2])

@@ -111,9 +111,11 @@ def test_a_truncated_shard_is_named(tmp_path):
 
 def test_a_wrong_magic_number_is_named(tmp_path):
     path = tmp_path / "x_train_000000.bin"
-    write_llmc(path, list(range(100)), magic=20240801)
+    write_llmc(path, list(range(100)), magic=20240101)
     message = error_of(lambda: TokenStream([path], 1, 8))
-    assert str(path) in message and "magic number 20240801" in message
+    assert str(path) in message and "magic number 20240101" in message
+    write_llmc(path, list(range(100)), magic=20240801, version=7)  # llm.c's LLaMA-3 layout
+    assert "LLaMA-3" in error_of(lambda: TokenStream([path], 1, 8))
 
 
 def test_an_out_of_vocabulary_token_is_named(tmp_path):
