@@ -30,9 +30,9 @@ GPT2_VOCAB = 50257
 GPT2_MERGES = 50256  # ranks in a GPT-2 ranks file (every token but end-of-text)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_HOW_TO = (
-    "pass --bpe-file PATH or set GPT2_BPE_FILE=PATH to a GPT-2 ranks file in tiktoken's format "
-    "(gpt2.tiktoken, the same ranks as tiktoken's r50k_base; one ships in the openai-whisper package "
-    "as whisper/assets/gpt2.tiktoken)"
+    "set GPT2_BPE_FILE=PATH (python -m data.prepare also takes --bpe-file PATH) to a GPT-2 ranks file in "
+    "tiktoken's format: gpt2.tiktoken, the same ranks as tiktoken's r50k_base; one ships in the "
+    "openai-whisper package as whisper/assets/gpt2.tiktoken"
 )
 
 
