@@ -15,8 +15,9 @@ taken over all parameters jointly; ``per_tensor=True`` takes v·g per tensor, as
 does, for comparison only.
 
 The velocity lives in one flat buffer (``velocity``, in parameter order, saved under
-``state_dict()["ecd"]``), so the norms and the dot product are single reductions and the step does no host synchronisation, except the one the
-``on_low_loss`` policy needs to act on F − F0 ≤ 0 before anything moves (``error`` and ``skip``).
+``state_dict()["ecd"]``), so the norms and the dot product are single reductions. The step does no
+host synchronisation except the one the ``on_low_loss`` policy needs to act on F − F0 ≤ 0 before
+anything moves (``error`` and ``skip``); ``clamp`` needs none and reports every 100 steps.
 Under DDP every rank gets the same all-reduced loss and gradients, and z is drawn from a generator
 seeded by (noise_seed, step), so the replicas stay identical and resume replays the same noise.
 """

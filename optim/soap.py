@@ -20,7 +20,9 @@ same refresh from the same all-reduced gradients, so DDP replicas stay identical
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -31,13 +33,29 @@ def _matrix(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(t: torch.Tensor) -> Iterator[None]:
+    """CPU LAPACK (eigh, QR) on one thread: the multithreaded kernels collapse when cores are shared
+    (a 320x320 eigh took 9 s on 2 busy cores, 0.05 s on one thread)."""
+    if t.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _eigenbasis(gram: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric PSD matrix, by descending eigenvalue."""
-    try:
-        _, vecs = torch.linalg.eigh(gram)
-    except torch.linalg.LinAlgError:  # ill-conditioned in fp32: fp64 converges
-        _, vecs = torch.linalg.eigh(gram.double())
-        vecs = vecs.to(gram.dtype)
+    with _one_cpu_thread(gram):
+        try:
+            _, vecs = torch.linalg.eigh(gram)
+        except torch.linalg.LinAlgError:  # ill-conditioned in fp32: fp64 converges
+            _, vecs = torch.linalg.eigh(gram.double())
+            vecs = vecs.to(gram.dtype)
     return vecs.flip(1)
 
 
@@ -113,7 +131,8 @@ class SOAP(torch.optim.Optimizer):
             gram, q_old = state[f"gram_{side}"], state[f"q_{side}"]
             order = torch.argsort((q_old * (gram @ q_old)).sum(0), descending=True)
             state["exp_avg_sq"] = state["exp_avg_sq"].index_select(axis, order)
-            q_new = torch.linalg.qr(gram @ q_old[:, order]).Q
+            with _one_cpu_thread(gram):
+                q_new = torch.linalg.qr(gram @ q_old[:, order]).Q
             turn = q_new.T @ q_old  # old eigenbasis coordinates -> new ones
             state["exp_avg"] = turn @ state["exp_avg"] if axis == 0 else state["exp_avg"] @ turn.T
             state[f"q_{side}"] = q_new

@@ -1,0 +1,101 @@
+"""The optimizer registry, parameter groups, the shipped configs, and each optimizer in the trainer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import optim
+import train
+from configs import CONFIG_DIR, OptimConfig, UserError, load_config
+from model import GPT, GPTConfig
+
+TINY = [
+    "--model.n_layer=2",
+    "--model.n_embd=32",
+    "--model.n_head=2",
+    "--model.block_size=32",
+    "--train.batch_size=8",
+    "--eval.tokens=4096",
+    "--eval.interval=0",
+    "--eval.sample_tokens=0",
+    "--train.progress=false",
+    "--train.log_interval=10",
+    "--optim.warmup_steps=0",
+]
+# Settings in the spirit of the paper's (SCIENCE.md), scaled to a byte-level model that starts at ln(257).
+QUICK = {
+    "soap": ["--optim.lr=1e-2", "--optim.betas=[0.95,0.95]", "--optim.weight_decay=0.01"],
+    "ecd": ["--optim.lr=1.0", "--optim.eta=100", "--optim.f0=1.0", "--optim.weight_decay=0", "--optim.grad_clip=0"],
+}
+
+
+def test_registry_names_the_four_optimizers_and_rejects_others():
+    assert {"adamw", "sgdm", "soap", "ecd"} <= set(optim.names())
+    with pytest.raises(UserError, match="optim.name"):
+        optim.get_builder("adam")
+
+
+def test_weight_decay_goes_to_matrices_only():
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(cfg):
+        gs = optim.param_groups(model, cfg)
+        return {names[id(p)] for g in gs if g["weight_decay"] for p in g["params"]}
+
+    plain = decayed(OptimConfig(weight_decay=0.1))
+    assert plain == {n for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n}
+    assert not any("act" in n or "ln" in n or n.endswith(".bias") for n in plain)  # PReLU slopes, norms, biases
+    with_emb = decayed(OptimConfig(weight_decay=0.1, decay_embeddings=True))
+    assert with_emb == plain | {"transformer.wte.weight", "transformer.wpe.weight"}
+    total = sum(len(g["params"]) for g in optim.param_groups(model, OptimConfig()))
+    assert total == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_lowers_the_quickstart_loss(tmp_path, name):
+    args = [f"--run.dir={tmp_path}", "--run.name=x", f"--optim.name={name}", "--train.max_steps=30", *TINY]
+    assert train.main(args + QUICK[name]) == 0
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    assert summary["steps"] == 30
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.toml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_shipped_config_loads(path: Path):
+    load_config(path)
+
+
+def test_paper_configs_hold_the_papers_settings():
+    paper = {p.stem: load_config(p) for p in (CONFIG_DIR / "paper").glob("*.toml") if p.stem != "base"}
+    assert sorted(paper) == ["adamw", "ecd", "sgdm", "soap"]
+    for cfg in paper.values():
+        assert (cfg.model.preset, cfg.model.block_size, cfg.train.batch_size) == ("124M", 512, 8)
+        assert cfg.train.grad_accum == 1 and cfg.train.max_tokens == 500_000_000
+        assert cfg.optim.schedule == "constant" and cfg.optim.warmup_steps == 0
+    a, s, so, e = paper["adamw"].optim, paper["sgdm"].optim, paper["soap"].optim, paper["ecd"].optim
+    assert (a.lr, a.weight_decay, a.betas) == (1e-4, 0.01, [0.9, 0.95])
+    assert (s.lr, s.momentum, s.nesterov) == (0.03, 0.95, True)
+    assert (so.lr, so.betas, so.weight_decay, so.precondition_frequency) == (3e-4, [0.95, 0.95], 0.01, 10)
+    assert (e.lr, e.eta, e.f0, e.nu) == (1.0, 100.0, 2.0, 0.0)
+
+
+def test_modern_configs_take_half_a_million_tokens_per_step():
+    for path in CONFIG_DIR.glob("gpt2-124m*.toml"):
+        cfg = load_config(path)
+        assert cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum == 524_288
+        assert cfg.optim.schedule == "cosine" and cfg.optim.warmup_steps > 0
+
+
+def test_builders_honour_the_config():
+    model = torch.nn.Linear(4, 4)
+    cfg = OptimConfig(name="soap", lr=0.5, precondition_frequency=3, max_precond_dim=2)
+    opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
+    g = opt.param_groups[0]
+    assert (g["lr"], g["base_lr"], g["precondition_frequency"], g["max_precond_dim"]) == (0.5, 0.5, 3, 2)
+    cfg = OptimConfig(name="ecd", lr=0.5, eta=9.0, f0=-1.0, nu=0.1, per_tensor=True, noise_seed=5)
+    opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
+    assert (opt.eta, opt.f0, opt.nu, opt.per_tensor, opt.noise_seed) == (9.0, -1.0, 0.1, True, 5)
+    assert opt.requires_loss
