@@ -45,6 +45,7 @@ VAL_TOKENS = 20_000_000  # the 124M configs validate on 10.5M tokens
 BPE_VOCAB = 8192
 BPE_SAMPLE_CHARS = 100_000_000
 DEFAULT_ROOT = Path("data/prepared")
+START_METHOD = "fork" if sys.platform == "linux" else "spawn"  # fork is unsafe on macOS, absent on Windows
 
 
 # --- tokenizing (in worker processes, or inline for one worker) --------------------------------
@@ -96,13 +97,13 @@ def worker_pool(workers: int, tok: Tokenizer, tokenizer_args: tuple) -> Iterator
     if workers <= 1:
         yield None
         return
-    if sys.platform == "linux":
-        # fork: workers inherit the tokenizer and start in milliseconds. It is safe here because the
-        # pool starts before the source is read, and tokenizers' own threads are switched off in them.
+    if START_METHOD == "fork":
+        # Workers inherit the tokenizer and start in milliseconds. Safe here: the pool starts before
+        # the source is read, and the tokenizers library's own threads are switched off in them.
         _worker_tok = tok
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         context, initializer, initargs = multiprocessing.get_context("fork"), None, ()
-    else:  # fork is unsafe or absent elsewhere: each worker builds its own tokenizer
+    else:  # each worker builds its own tokenizer
         context, initializer, initargs = multiprocessing.get_context("spawn"), _init_worker, tokenizer_args
     with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
         yield pool

@@ -144,9 +144,11 @@ def test_txt_parquet_and_jsonl_give_the_same_documents(tmp_path, corpus, monkeyp
         assert decoded(out, "train", tok) + decoded(out, "val", tok) == sum(split_docs(docs, 5), []), source
 
 
-def test_more_workers_give_identical_shards(tmp_path, corpus, monkeypatch):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_more_workers_give_identical_shards(tmp_path, corpus, monkeypatch, start_method):
     docs, path = corpus
     monkeypatch.setattr(prep, "CHUNK_CHARS", 300)  # many small tasks, so their order matters
+    monkeypatch.setattr(prep, "START_METHOD", start_method)
     run(f"files:{path}", "byte", tmp_path / "one", workers=1)
     run(f"files:{path}", "byte", tmp_path / "two", workers=2)
     for split in ("train", "val"):
