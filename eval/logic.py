@@ -180,13 +180,17 @@ def generate_items(category: str, n: int, seed: int = 0) -> list[Item]:
     rng = random.Random(f"{seed}/{category}")  # str seeds hash with sha512: stable across processes
     items: list[Item] = []
     seen: set[Item] = set()
-    for _ in range(200 * n):
+    misses = 0
+    while misses < 5000:  # this many duplicates in a row: the template's space is (nearly) used up
         item = TEMPLATES[category](rng, len(items))
-        if item not in seen:
-            seen.add(item)
-            items.append(item)
-            if len(items) == n:
-                return items
+        if item in seen:
+            misses += 1
+            continue
+        seen.add(item)
+        items.append(item)
+        misses = 0
+        if len(items) == n:
+            return items
     raise UserError(f"category '{category}' ran out of distinct items after {len(items)}; pass a smaller --n")
 
 
