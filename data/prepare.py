@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the output folder holds no meta.json; run again with --overwrite", file=sys.stderr)
+        return 130
     tokens, shards = meta["tokens"], meta["shards"]
     rate = (tokens["train"] + tokens["val"]) / max(meta["seconds"], 1e-9)
     print(
