@@ -15,6 +15,8 @@ Pair categories (two sentences, scored by the ratio of their per-token perplexit
 
 Items come from seeded templates (``generate_items``): deterministic per (seed, category), duplicate-
 free, answers correct by construction. Every sequence starts with the end-of-text token as context.
+A sequence longer than the model's context is cut from the left (counted per category as
+``truncated``); only in a context shorter than the scored text itself does scoring lose tokens.
 
 Scores of an answer item, with a multi-token answer scored under teacher forcing:
   logprob  the answer's full log-probability, sum over its tokens of log p(token | prompt, earlier tokens)
@@ -222,8 +224,8 @@ def score_tokens(
 ) -> list[TokenScores]:
     """Score tokens ``seq[start:]`` of every sequence given their prefix (``start`` >= 1).
 
-    A sequence longer than ``block_size`` keeps its last ``block_size`` tokens (its prefix is cut
-    from the left), as long as every scored token stays.
+    A sequence longer than ``block_size`` keeps its last ``block_size`` tokens (cut from the left);
+    should the scored part itself not fit, only its last ``block_size - 1`` tokens are scored.
     """
     order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))  # similar lengths share a batch
     out: list[TokenScores | None] = [None] * len(sequences)
@@ -235,13 +237,8 @@ def score_tokens(
             if start < 1 or start > len(seq):
                 raise ValueError(f"start {start} outside 1..{len(seq)}")
             cut = max(0, len(seq) - block_size)
-            if start - cut < 1:
-                raise UserError(
-                    f"an item's scored part is longer than the model's block_size {block_size}; "
-                    "use a model with a longer context"
-                )
             seqs.append(seq[cut:])
-            firsts.append(start - cut)
+            firsts.append(max(1, start - cut))
         T = max(len(s) for s in seqs)
         idx = torch.zeros(len(seqs), T, dtype=torch.long)
         for r, s in enumerate(seqs):

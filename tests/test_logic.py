@@ -203,6 +203,9 @@ def test_long_prompts_are_cut_from_the_left_and_counted():
     items = {"far": [Item("far", "k", "abcdefghij" * 5, "a"), Item("far", "k", "abc", "d")]}
     res = evaluate_items(SuccessorModel(), tok, items)
     assert res["far"]["truncated"] == 1 and res["far"]["top1"] == 0.5  # 'a' after 'j' is not the successor
+    pair = {"syntax": [Item("syntax", "k", "abcdefghij" * 4, contrast="abc")]}  # the sentence outgrows the context
+    res = evaluate_items(SuccessorModel(), tok, pair)
+    assert res["syntax"]["truncated"] == 1 and res["syntax"]["n"] == 1
 
 
 def test_intervals():
