@@ -109,6 +109,8 @@ def setup_context(cfg: Config) -> Context:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device(want)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)  # tiny models on shared CPUs: 1 avoids thread contention
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
@@ -188,6 +190,9 @@ class Task:
 # Task name -> "module:Class", imported on demand so a task's dependencies load only when used.
 TASKS: dict[str, str] = {
     "lm": "train:LMTask",
+    "group_composition": "small_tasks.group_composition:GroupCompositionTask",
+    "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
+    "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
 }
 
 

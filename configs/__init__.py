@@ -37,6 +37,7 @@ class RunConfig:
     compile: bool = False
     wandb: str = "disabled"  # disabled | offline | online
     wandb_project: str = "symbreak"
+    threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
 
 
 @dataclass
@@ -117,6 +118,9 @@ class TrainConfig:
     progress: bool = True
     on_nonfinite: str = "stop"  # stop | skip
     max_skips: int = 10
+    # Steps between the loop's host syncs (finiteness check, stop signal, gradient norm). 1 checks every
+    # step; a larger value saves that work on tiny models, and a non-finite loss then stops the run.
+    sync_interval: int = 1
 
 
 @dataclass

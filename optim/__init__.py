@@ -25,6 +25,7 @@ OPTIMIZERS: dict[str, Builder] = {}
 LAZY: dict[str, str] = {
     "soap": "optim.soap:build",
     "ecd": "optim.ecd:build",
+    "per_neuron": "optim.per_neuron:build",
 }
 
 

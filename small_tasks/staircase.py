@@ -1,0 +1,97 @@
+"""Reading a staircase loss curve: its plateaus, its drop times, and the checks against a prediction.
+
+Plateaus are found without looking at the prediction: on a log-spaced grid of steps, a point is flat
+when the loss changes by less than ``flat_tol`` (relative) between its neighbours; each run of at
+least ``min_len`` flat points is one plateau, its level the median loss there. Each predicted level is
+then compared with the closest observed plateau.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def loss_trace(trace: np.ndarray | None, history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, loss): the per-step trace when complete, else the logged ``train_loss`` records."""
+    if trace is not None and np.all(np.isfinite(trace)):
+        return np.arange(len(trace)), trace
+    recs = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
+    steps, loss = (np.array(v, dtype=float) for v in zip(*recs)) if recs else (np.zeros(0), np.zeros(0))
+    return steps, loss
+
+
+def find_plateaus(
+    steps: np.ndarray, loss: np.ndarray, points: int = 400, flat_tol: float = 0.01, min_len: int = 4
+) -> list[dict[str, float]]:
+    """Flat stretches of the curve: [{"start", "end", "level"}], in time order."""
+    if len(steps) < 3:
+        return []
+    grid = np.unique(np.geomspace(max(steps[0], 1), steps[-1], points).round())
+    idx = np.clip(np.searchsorted(steps, grid), 0, len(steps) - 1)
+    idx = np.unique(idx)
+    vals = loss[idx]
+    flat = np.zeros(len(idx), dtype=bool)
+    flat[1:-1] = np.abs(vals[2:] - vals[:-2]) <= flat_tol * np.abs(vals[1:-1])
+    out, i = [], 0
+    while i < len(idx):
+        if not flat[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(idx) and flat[j + 1]:
+            j += 1
+        if j - i + 1 >= min_len:
+            out.append(
+                {
+                    "start": float(steps[idx[i]]),
+                    "end": float(steps[idx[j]]),
+                    "level": float(np.median(loss[idx[i] : idx[j] + 1])),
+                }
+            )
+        i = j + 1
+    return out
+
+
+def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> dict[str, Any]:
+    """Each non-zero predicted level against its closest observed plateau, relative error <= tol."""
+    observed, errors = [], []
+    for level in predicted:
+        if level <= 0:
+            continue
+        if not plateaus:
+            observed.append(None)
+            errors.append(float("inf"))
+            continue
+        best = min(plateaus, key=lambda p: abs(p["level"] - level) / level)
+        observed.append(round(best["level"], 6))
+        errors.append(abs(best["level"] - level) / level)
+    return {
+        "passed": bool(errors and max(errors) <= tol),
+        "expected": [round(v, 6) for v in predicted if v > 0],
+        "observed": observed,
+        "max_rel_error": round(max(errors), 5) if errors else None,
+    }
+
+
+def drop_steps(steps: np.ndarray, loss: np.ndarray, levels: list[float]) -> list[float | None]:
+    """First step at which the loss falls below the midpoint of each pair of consecutive levels."""
+    out = []
+    for hi, lo in zip(levels[:-1], levels[1:]):
+        below = np.nonzero(loss < 0.5 * (hi + lo))[0]
+        out.append(float(steps[below[0]]) if len(below) else None)
+    return out
+
+
+def learn_steps(steps: np.ndarray, residual: np.ndarray, target: np.ndarray, frac: float = 0.5) -> list[float | None]:
+    """Per component: the first step its residual power falls below ``frac`` of its target power."""
+    out = []
+    for c in range(residual.shape[1]):
+        below = np.nonzero(residual[:, c] < frac * target[c])[0]
+        out.append(float(steps[below[0]]) if len(below) else None)
+    return out
+
+
+def check(passed: bool, expected: Any, observed: Any, **extra: Any) -> dict[str, Any]:
+    return {"passed": bool(passed), "expected": expected, "observed": observed, **extra}
