@@ -284,7 +284,12 @@ def prepare(
     for w in writers.values():
         w.flush()
     if not writers["train"].tokens or not writers["val"].tokens:
-        raise UserError(f"source '{source.name}' gave too little text for a train and a val split; add documents")
+        docs = splitter.doc_index + 1
+        raise UserError(
+            f"source '{source.name}' gave {docs} document(s), too few for a train and a val split (document i is "
+            "held out when i % --val-every == 0); add documents, or cut .txt files into documents with "
+            "--doc-separator (e.g. '\\n\\n' or '<|endoftext|>')"
+        )
     meta = {
         "tokenizer": tok.name,
         "vocab_size": tok.vocab_size,
@@ -348,6 +353,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=BPE_VOCAB, help="bpe: vocabulary size, end-of-text included")
     p.add_argument("--bpe-sample", type=count, default=BPE_SAMPLE_CHARS, help="bpe: characters to train it on")
     p.add_argument("--text-field", default="text", help="the text field (jsonl) or column (parquet, datasets)")
+    p.add_argument(
+        "--doc-separator",
+        default="",
+        help=r"txt: the string between documents, e.g. '\n\n' or '<|endoftext|>' (default: one document per file)",
+    )
     p.add_argument("--hf-config", help="datasets: configuration / subset name")
     p.add_argument("--hf-split", default="train", help="datasets: split to read")
     p.add_argument("--data-files", nargs="+", help="datasets: data_files for a builder such as json or parquet")
@@ -360,8 +370,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        separator = args.doc_separator.replace("\\n", "\n").replace("\\t", "\t")  # as typed in a shell
         source = resolve_source(
-            args.source, args.text_field, args.hf_config, args.hf_split, args.streaming, args.data_files
+            args.source, args.text_field, args.hf_config, args.hf_split, args.streaming, args.data_files, separator
         )
         out = Path(args.out) if args.out else DEFAULT_ROOT / f"{source.prefix}-{args.tokenizer}"
         meta = prepare(

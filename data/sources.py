@@ -5,8 +5,9 @@
   read through Hugging Face ``datasets`` (streamed by default, or downloaded into its cache), one
   document per row of the text column.
 - ``files:PATH`` (or a bare existing PATH): a file, a folder (searched recursively) or a glob of
-  ``.txt`` (one document per file), ``.jsonl`` (one document per line, a text field) and
-  ``.parquet`` (one document per row, a text column) files, read in sorted order.
+  ``.txt`` (one document per file, or per part between two ``--doc-separator``), ``.jsonl`` (one
+  document per line, a text field) and ``.parquet`` (one document per row, a text column) files,
+  read in sorted order.
 
 A source yields pieces ``(text, starts_document)``: a long ``.txt`` file arrives in pieces cut at line
 ends so that no step holds a whole file in memory; every other document is one piece.
@@ -53,19 +54,20 @@ def resolve_source(
     hf_split: str = "train",
     streaming: bool = True,
     data_files: list[str] | None = None,
+    doc_separator: str = "",
 ) -> Source:
     """Turn a ``--source`` value into a Source."""
     if spec == "builtin":
         return Source("builtin", "the built-in corpus (Python's own documentation)", "builtin", builtin_pieces)
     if spec.startswith("files:"):
-        return file_source(spec, spec.removeprefix("files:"), text_field)
+        return file_source(spec, spec.removeprefix("files:"), text_field, doc_separator)
     if spec.startswith("hf:"):
         return hf_source(spec, spec.removeprefix("hf:"), hf_config, hf_split, text_field, streaming, data_files)
     if spec in HF_ALIASES:
         name, config = HF_ALIASES[spec]
         return hf_source(spec, name, hf_config or config, hf_split, text_field, streaming, data_files)
     if Path(spec).expanduser().exists() or glob.has_magic(spec):
-        return file_source(spec, spec, text_field)
+        return file_source(spec, spec, text_field, doc_separator)
     if Path(spec).suffix in FILE_SUFFIXES or spec.startswith((".", "/", "~")):
         raise UserError(f"no file or folder '{spec}'; check the path (local sources are files:PATH)")
     return hf_source(spec, spec, hf_config, hf_split, text_field, streaming, data_files)
@@ -103,38 +105,54 @@ def expand_files(pattern: str) -> list[Path]:
     return files
 
 
-def file_source(name: str, pattern: str, text_field: str) -> Source:
+def file_source(name: str, pattern: str, text_field: str, doc_separator: str = "") -> Source:
     files = expand_files(pattern)
+    readers = {
+        ".txt": lambda path: txt_pieces(path, doc_separator),
+        ".jsonl": lambda path: jsonl_pieces(path, text_field),
+        ".parquet": lambda path: parquet_pieces(path, text_field),
+    }
 
     def pieces() -> Iterator[Piece]:
         for path in files:
-            yield from FILE_READERS[path.suffix](path, text_field)
+            yield from readers[path.suffix](path)
 
     detail = f"{len(files)} file(s): {files[0]}" + (f" ... {files[-1]}" if len(files) > 1 else "")
     base = Path(pattern.split("*")[0].rstrip("/")).name or "corpus"
     return Source(name, detail, slug(Path(base).stem), pieces)
 
 
-def txt_pieces(path: Path, text_field: str) -> Iterator[Piece]:
-    """One document per file, cut into pieces at line ends (pieces tokenize independently)."""
+def txt_pieces(path: Path, doc_separator: str = "") -> Iterator[Piece]:
+    """One document per file, or per ``doc_separator``-separated part; long ones in pieces cut at line ends.
+
+    Memory stays within about two TXT_PIECE_CHARS blocks whatever the file or document size; pieces
+    of one document tokenize independently, so a cut may change a token or two at the seam.
+    """
+    keep = max(len(doc_separator) - 1, 0)  # never cut through a separator that straddles two blocks
+    pending, starts = "", True
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            carry, first = "", True
             while block := f.read(TXT_PIECE_CHARS):
-                text = carry + block
-                cut = text.rfind("\n") + 1 if len(block) == TXT_PIECE_CHARS else len(text)
-                cut = cut or len(text)  # a block without any line end is cut where it is
-                piece, carry = text[:cut], text[cut:]
-                if piece:
-                    yield piece, first
-                    first = False
-            if carry:
-                yield carry, first
+                pending += block
+                if doc_separator:
+                    *docs, pending = pending.split(doc_separator)
+                    for doc in docs:
+                        if doc:
+                            yield doc, starts
+                        starts = True
+                if len(pending) > TXT_PIECE_CHARS + keep:
+                    limit = len(pending) - keep
+                    cut = pending.rfind("\n", 0, limit) + 1 or limit
+                    yield pending[:cut], starts
+                    pending, starts = pending[cut:], False
     except UnicodeDecodeError as e:
         raise UserError(f"'{path}' is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+    if pending:
+        yield pending, starts
 
 
 def jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
+    """One document per line: the ``text_field`` of each JSON object."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -154,6 +172,7 @@ def jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
 
 
 def parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
+    """One document per row of the ``text_field`` column, read a batch of rows at a time."""
     import pyarrow.parquet as pq
 
     try:
@@ -167,9 +186,6 @@ def parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
         for text in batch.column(0).to_pylist():
             if text:
                 yield _as_text(text, f"'{path}'", text_field), True
-
-
-FILE_READERS = {".txt": txt_pieces, ".jsonl": jsonl_pieces, ".parquet": parquet_pieces}
 
 
 def _as_text(value: object, where: str, text_field: str) -> str:

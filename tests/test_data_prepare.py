@@ -144,6 +144,19 @@ def test_txt_parquet_and_jsonl_give_the_same_documents(tmp_path, corpus, monkeyp
         assert decoded(out, "train", tok) + decoded(out, "val", tok) == sum(split_docs(docs, 5), []), source
 
 
+@pytest.mark.parametrize("separator", ["<|endoftext|>", "\n\n"])
+def test_a_txt_file_cut_into_documents_by_a_separator(tmp_path, monkeypatch, separator):
+    docs = [d.replace(separator, " ") for d in make_docs()]  # no separator inside a document
+    (tmp_path / "all.txt").write_text(separator.join(docs) + separator, newline="")
+    tok = get_tokenizer("byte")
+    for piece_chars in (7, 64, 1 << 20):  # separators straddle blocks; documents span several pieces
+        monkeypatch.setattr(sources, "TXT_PIECE_CHARS", piece_chars)
+        out = tmp_path / f"out{piece_chars}"
+        source = resolve_source(str(tmp_path / "all.txt"), doc_separator=separator)
+        prepare(source, "byte", out, val_every=5, val_tokens=0, progress=False)
+        assert (decoded(out, "train", tok), decoded(out, "val", tok)) == split_docs(docs, 5), piece_chars
+
+
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_more_workers_give_identical_shards(tmp_path, corpus, monkeypatch, start_method):
     docs, path = corpus
