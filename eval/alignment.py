@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from configs import UserError
 
@@ -63,7 +64,7 @@ def query_directions(model: Any, direction: str = "bq", seed: int = 0) -> torch.
 
 
 @torch.no_grad()
-def key_cosines(model: Any, directions: torch.Tensor, positions: list[int]) -> torch.Tensor:
+def key_cosines(model: Any, directions: torch.Tensor, positions: list[int], progress: bool = False) -> torch.Tensor:
     """(n_layer, n_head, vocab, len(positions)): cosine of each token's key with each head's direction."""
     cfg = model.config
     C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
@@ -72,7 +73,7 @@ def key_cosines(model: Any, directions: torch.Tensor, positions: list[int]) -> t
     key_bias = model.mean_biases().get("k")
     dirs = directions.to(wte.device)
     out = torch.empty(cfg.n_layer, H, V, len(positions))
-    for j, p in enumerate(positions):
+    for j, p in enumerate(tqdm(positions, desc="positions", disable=not progress, file=sys.stderr)):
         x = wte + wpe[p]
         for layer, block in enumerate(model.transformer.h):
             w = block.attn.c_attn.weight[C : 2 * C].float()
@@ -166,6 +167,7 @@ def analyse(
     counts: np.ndarray | None = None,
     seed: int = 0,
     show: int = 20,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], torch.Tensor, dict[str, np.ndarray]]:
     """The JSON summary, the (layer, head, token, position) cosines and the token classes."""
     cfg = model.config
@@ -176,7 +178,7 @@ def analyse(
     if not 1 <= k <= V:
         raise UserError(f"--k must be in 1..{V}, got {k}")
     dirs = query_directions(model, direction, seed)
-    cos = key_cosines(model, dirs, positions)
+    cos = key_cosines(model, dirs, positions, progress)
     texts = token_texts(tokenizer, V)
     classes = text_classes(texts)
     if counts is not None:
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         k = min(args.k, max(1, V // 10))
         counts = train_token_counts(run.config, V, args.freq_tokens)
         positions = spaced_positions(model.config.block_size, args.positions)
-        summary, cos, classes = analyse(model, run.tokenizer, positions, k, direction, counts, args.seed)
+        summary, cos, classes = analyse(model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True)
         summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
         if counts is None:
             summary["note"] = "training split not found: no frequency bands"

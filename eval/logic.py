@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from configs import UserError
 
@@ -221,6 +222,7 @@ def score_tokens(
     device: torch.device | str = "cpu",
     biases: dict[str, torch.Tensor] | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> list[TokenScores]:
     """Score tokens ``seq[start:]`` of every sequence given their prefix (``start`` >= 1).
 
@@ -229,7 +231,8 @@ def score_tokens(
     """
     order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))  # similar lengths share a batch
     out: list[TokenScores | None] = [None] * len(sequences)
-    for b in range(0, len(order), batch_size):
+    starts_of_batches = range(0, len(order), batch_size)
+    for b in tqdm(starts_of_batches, desc="logic suite", unit="batch", disable=not progress, file=sys.stderr):
         chunk = order[b : b + batch_size]
         seqs, firsts = [], []
         for k in chunk:
@@ -316,6 +319,7 @@ def evaluate_items(
     device: torch.device | str = "cpu",
     biases: dict[str, torch.Tensor] | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Scores per category for ``items`` (as from ``suite_items``); see the module docstring."""
     cfg = model.config
@@ -362,9 +366,11 @@ def evaluate_suite(
     device: torch.device | str = "cpu",
     no_bias: bool = False,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """All eight categories with ``n`` items each; ``no_bias`` drops the mean biases."""
-    return evaluate_items(model, tokenizer, suite_items(n, seed), device, {} if no_bias else None, batch_size)
+    biases = {} if no_bias else None
+    return evaluate_items(model, tokenizer, suite_items(n, seed), device, biases, batch_size, progress)
 
 
 def flat_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -391,13 +397,13 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         lo, hi = r[f"{key}_ci"]
         return f"{r[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
-    head = f"{'category':<11} {'n':>4}  {'top-1':<19} {'top-5':<19} {'mean rank':<22} {'log-prob':<24}"
+    head = f"{'category':<11} {'n':>4}  {'top-1':<19} {'top-5':<19} {'mean rank':<28} {'log-prob':<24}"
     lines = [head, "-" * len(head)]
     for c, r in results.items():
         if c in ANSWER_CATEGORIES:
             lines.append(
                 f"{c:<11} {r['n']:>4}  {ci(r, 'top1', '.2f'):<19} {ci(r, 'top5', '.2f'):<19} "
-                f"{ci(r, 'mean_rank', '.1f'):<22} {ci(r, 'logprob', '.2f'):<24}"
+                f"{ci(r, 'mean_rank', '.1f'):<28} {ci(r, 'logprob', '.2f'):<24}"
             )
     pairs = [c for c in results if c in PAIR_CATEGORIES]
     if pairs:
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run = load_run(args.run_dir, args.device, args.checkpoint)
         results = evaluate_suite(
-            run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size
+            run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size, progress=True
         )
         out = Path(args.out) if args.out else run.run_dir / "logic.json"
         meta = {
