@@ -8,7 +8,7 @@
    ratio are printed (goal: ratio >= 0.70 on 2 cores).
 2. Loader: batches/s of the quickstart's train stream (``TokenStream.batch`` plus the tensor hand-off)
    against the quickstart model's consumption rate (optimizer steps/s of configs/quickstart.toml on
-   this machine). Goal: ratio >= 100.
+   this machine, the faster of 1 thread and torch's default). Goal: ratio >= 100.
 3. Validation: opening a 100M-token shard with the vocabulary check (page cache warm).
 
 The text is the built-in corpus repeated --copies times (about 2 MB each). GPT-2 ranks come from
@@ -86,11 +86,15 @@ def bench_loader(steps: int, batches: int) -> tuple[float, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step(0)  # warm-up
-    t = time.perf_counter()
-    for m in range(1, steps + 1):
-        step(m)
-    consume = steps / (time.perf_counter() - t)
+    rates = []
+    for threads in sorted({1, torch.get_num_threads()}):  # on a busy machine one thread can be much faster
+        torch.set_num_threads(threads)
+        step(0)  # warm-up
+        t = time.perf_counter()
+        for m in range(1, steps + 1):
+            step(m)
+        rates.append(steps / (time.perf_counter() - t))
+    consume = max(rates)  # the model's best rate: the comparison must not flatter the loader
     task.batch(0)
     t = time.perf_counter()
     for m in range(batches):
@@ -118,7 +122,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--copies", type=int, default=8, help="copies of the built-in corpus to tokenize")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=20, help="quickstart optimizer steps to time")
+    p.add_argument("--steps", type=int, default=10, help="quickstart optimizer steps to time per thread count")
     p.add_argument("--batches", type=int, default=5000, help="loader batches to time")
     p.add_argument("--bpe-file", default=os.environ.get("GPT2_BPE_FILE") or str(LOCAL_RANKS))
     args = p.parse_args()
