@@ -95,8 +95,15 @@ class DiagonalLinearTask(SmallTask):
         predicted = self.predicted_steps()
         observed = staircase.drop_steps(steps, loss, pred.levels)
         errors = [abs(o - p) / p if o is not None else float("inf") for o, p in zip(observed, predicted)]
+        # A level is only visible as a plateau when its jumps are further apart than a transition lasts;
+        # at finite alpha close jumps merge, so both directions are checked and the durations recorded.
+        durations = np.diff([0.0, *predicted]).round().tolist()
         checks = {
-            "agf_levels_match_plateaus": staircase.match_levels(pred.levels, plateaus, LEVEL_TOL),
+            "agf_levels_match_plateaus": {
+                **staircase.match_levels(pred.levels, plateaus, LEVEL_TOL),
+                "predicted_plateau_steps": durations,
+            },
+            "plateaus_are_agf_levels": staircase.match_plateaus(plateaus, pred.levels, LEVEL_TOL),
             "agf_jump_steps": staircase.check(
                 bool(errors) and max(errors) <= JUMP_TOL,
                 [round(p) for p in predicted],

@@ -293,7 +293,12 @@ def default_powers(group: Group) -> list[float]:
 
 
 def template_from_powers(group: Group, powers: list[float], seed: int = 0) -> np.ndarray:
-    """A real template with the given power per irrep: a seeded random vector, each irrep class rescaled."""
+    """A real template with the given power per irrep and x_hat(rho) = c_rho * (a random unitary matrix).
+
+    Equal singular values make each irrep one block for the network to learn (a 2-dim irrep's Fourier
+    coefficient with unequal singular values would be learned in two pieces). Seeded: the random
+    unitaries (phases, for 1-dim irreps) are the only freedom left once the powers are fixed.
+    """
     if len(powers) != len(group.irreps):
         raise UserError(
             f"task.powers has {len(powers)} entries but {group.name} has {len(group.irreps)} irreps "
@@ -301,17 +306,24 @@ def template_from_powers(group: Group, powers: list[float], seed: int = 0) -> np
         )
     if any(p < 0 for p in powers):
         raise UserError("task.powers must be non-negative; fix the negative entries")
-    q = group.projectors()
-    x0 = np.random.default_rng(seed).standard_normal(group.order)
-    x = np.zeros(group.order)
-    for cls in group.classes():
-        if len({powers[i] for i in cls}) > 1:
-            names = " and ".join(group.irreps[i].name for i in cls)
+    rng = np.random.default_rng(seed)
+    conj = group.conjugate_of()
+    hats: dict[int, np.ndarray] = {}
+    for i, r in enumerate(group.irreps):
+        if powers[i] != powers[conj[i]]:
+            names = f"{r.name} and {group.irreps[conj[i]].name}"
             raise UserError(f"conjugate irreps {names} need equal powers for a real template; make them equal")
-        proj = sum(q[i] for i in cls)
-        part = proj @ x0
-        want = sum(powers[i] for i in cls)
-        x += np.sqrt(want / (part @ part)) * part
+        if conj[i] in hats:  # the conjugate's coefficient, conjugated, keeps x real
+            hats[i] = np.conj(hats[conj[i]])
+            continue
+        z = rng.standard_normal((r.dim, r.dim)) + (1j * rng.standard_normal((r.dim, r.dim)) if conj[i] != i else 0)
+        q, _ = np.linalg.qr(z)
+        hats[i] = np.sqrt(powers[i] * group.order) / r.dim * q
+    # inverse transform: x(g) = (1/|G|) sum_rho d_rho Tr(rho(g)^H x_hat(rho))
+    x = sum(r.dim * np.einsum("gji,ji->g", np.conj(r.matrices), hats[i]) for i, r in enumerate(group.irreps))
+    x = np.real(x) / group.order
+    if not np.allclose(power_spectrum(group, x), powers, rtol=1e-6, atol=1e-9):
+        raise UserError(f"cannot build a real template with these powers on {group.name}; use task.template=onehot")
     return x
 
 

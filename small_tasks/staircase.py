@@ -69,7 +69,25 @@ def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> di
         errors.append(abs(best["level"] - level) / level)
     return {
         "passed": bool(errors and max(errors) <= tol),
-        "expected": [round(v, 6) for v in predicted if v > 0],
+        "expected": [round(float(v), 6) for v in predicted if v > 0],
+        "observed": observed,
+        "max_rel_error": round(max(errors), 5) if errors else None,
+    }
+
+
+def match_plateaus(plateaus: list[dict], predicted: list[float], tol: float) -> dict[str, Any]:
+    """The converse: each observed plateau against its closest predicted level (a zero level matches a
+    plateau below ``tol`` times the smallest non-zero level)."""
+    floor = tol * min(v for v in predicted if v > 0)
+    observed, errors = [], []
+    for p in plateaus:
+        level = min(predicted, key=lambda v: abs(p["level"] - v))
+        err = abs(p["level"] - level) / level if level > 0 else (0.0 if p["level"] <= floor else float("inf"))
+        observed.append(round(p["level"], 6))
+        errors.append(err)
+    return {
+        "passed": bool(errors and max(errors) <= tol),
+        "expected": "each plateau within 2% of a predicted level",
         "observed": observed,
         "max_rel_error": round(max(errors), 5) if errors else None,
     }
