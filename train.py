@@ -2,6 +2,11 @@
 
     python train.py [CONFIG] [--section.key=value ...]        # default: configs/quickstart.toml
     torchrun --standalone --nproc_per_node=N train.py CONFIG   # DDP (NCCL on GPU, gloo on CPU)
+    accelerate launch --multi_gpu --num_processes=N train.py CONFIG
+    python train.py CONFIG --run.resume=true                   # continue from the latest good checkpoint
+
+Exit codes: 0 done, 2 a usage error (one line on stderr), 3 stopped by SIGTERM/SIGINT after writing a
+checkpoint, 4 non-finite loss or parameters, 5 parameters differ across ranks. See docs/distributed.md.
 
 Language-model pretraining is one Task; every small task is another. The Trainer owns everything
 that is not task-specific: device, DDP, optimizer and schedule, accumulation, autocast, compile,
@@ -19,7 +24,9 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +39,13 @@ import torch.nn as nn
 from configs import Config, UserError, load_config, to_dict, to_toml
 from optim import build_optimizer, lr_multiplier, param_groups
 
+USER_ERROR_EXIT = 2  # a problem the user can fix; one line on stderr
 PREEMPTED_EXIT = 3  # SIGTERM/SIGINT: checkpoint written, resume with --run.resume=true
 NONFINITE_EXIT = 4  # the loss became NaN/inf and the policy said stop; the last good checkpoint is kept
+DESYNC_EXIT = 5  # parameters differ across ranks: a bug or a hardware fault, never silently trained on
+# Testing aid: "nan@STEP" turns rank 0's loss at STEP into NaN; "desync@STEP" perturbs the last rank's
+# parameters after STEP. Read from the environment so that no config or checkpoint carries it.
+FAULT_ENV = "SYMBREAK_FAULT"
 
 # Dense peak FLOP/s by GPU name fragment: (bf16, tf32). Matched in order, so specific names first.
 GPU_PEAK_FLOPS: list[tuple[str, float, float]] = [
@@ -87,9 +99,45 @@ class Context:
             t /= self.world_size
         return t
 
+    def all_reduce(self, t: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=op)
+        return t
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def run_on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on rank 0; its result, or its UserError, reaches every rank.
+
+        A check or a file operation that only rank 0 performs must not leave the other ranks waiting
+        in a collective when it fails: every rank raises the same one-line error instead.
+        """
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except UserError as e:
+                error = str(e)
+        if self.distributed:
+            box = [result, error]
+            dist.broadcast_object_list(box, src=0)
+            result, error = box
+        if error is not None:
+            raise SharedUserError(error)
+        return result
+
+
+class SharedUserError(UserError):
+    """A UserError that every rank raised alike: reported once, by rank 0."""
 
 
 def setup_context(cfg: Config) -> Context:
@@ -338,12 +386,13 @@ def sample_text(
 ) -> str:
     was_training = model.training
     model.eval()
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # sampling must not disturb (or depend on) the training streams
-    ids = tokenizer.encode(prompt) or [tokenizer.eot]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k)
-    torch.random.set_rng_state(gen_state)
+    device = torch.device(device)
+    # sampling must not disturb (or depend on) the training streams, on the CPU or the GPU
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        ids = tokenizer.encode(prompt) or [tokenizer.eot]
+        idx = torch.tensor([ids], dtype=torch.long, device=device)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 
@@ -353,6 +402,28 @@ def sample_text(
 # --------------------------------------------------------------------------------------------
 
 CKPT_GLOB = "ckpt_*.pt"
+SUPERSEDED = ".superseded"  # suffix of checkpoints set aside because a resume went back before them
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"ckpt_{step:08d}.pt"
+
+
+def sidecar(path: Path) -> Path:
+    """The checkpoint's integrity record: ``{"step", "sha256", "val_loss"}``."""
+    return path.with_suffix(".json")
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run dir's checkpoints, oldest first."""
+    return sorted((p for p in run_dir.glob(CKPT_GLOB) if checkpoint_step(p) >= 0), key=checkpoint_step)
 
 
 def sha256_file(path: Path) -> str:
@@ -363,96 +434,183 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: the directory entry, not just the file, must reach the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global random stream of this process, as plain data (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(cached),
         },
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    """Write atomically, record its sha256 beside it, then prune: the newest ``keep`` and the best stay."""
-    path = run_dir / f"ckpt_{step:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    meta = {"step": step, "sha256": sha256_file(path), "val_loss": payload.get("val_loss")}
-    side = path.with_suffix(".json")
-    side.with_suffix(".json.tmp").write_text(json.dumps(meta))
-    os.replace(side.with_suffix(".json.tmp"), side)
+    """Write so that a kill at any moment leaves the earlier checkpoints intact and usable.
+
+    The payload goes to a temporary file (fsynced), its sha256 into the sidecar, and only then does
+    the rename make the checkpoint visible: a visible checkpoint always has its record, and a record
+    without its checkpoint is ignored. Then prune: the newest ``keep`` and the best stay.
+    """
+    path = checkpoint_path(run_dir, step)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        meta = {"step": step, "sha256": sha256_file(tmp), "val_loss": payload.get("val_loss")}
+        side = sidecar(path)
+        side_tmp = side.with_name(side.name + ".tmp")
+        side_tmp.write_text(json.dumps(meta) + "\n")
+        os.replace(side_tmp, side)
+        os.replace(tmp, path)
+        fsync_dir(run_dir)
+    except OSError as e:
+        raise UserError(
+            f"cannot write checkpoint '{path}' ({e}); free disk space or fix permissions, "
+            "then continue with --run.resume=true"
+        ) from None
     prune_checkpoints(run_dir, keep)
     return path
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(sidecar(path).read_text())
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def best_checkpoint(ckpts: list[Path]) -> Path | None:
+    """The checkpoint with the lowest recorded validation loss (recorded only where it was measured)."""
+    scored = [(checkpoint_meta(p).get("val_loss"), p) for p in ckpts]
+    scored = [(v, p) for v, p in scored if isinstance(v, (int, float)) and math.isfinite(v)]
+    return min(scored, key=lambda vp: vp[0])[1] if scored else None
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    ckpts = sorted(run_dir.glob(CKPT_GLOB))
+    """Keep the newest ``keep`` checkpoints and the best one; ``keep <= 0`` keeps everything."""
+    ckpts = list_checkpoints(run_dir)
     if keep <= 0 or len(ckpts) <= keep:
         return
-    scored = [(checkpoint_meta(p).get("val_loss"), p) for p in ckpts]
-    scored = [(v, p) for v, p in scored if v is not None and math.isfinite(v)]
-    best = min(scored, key=lambda vp: vp[0])[1] if scored else None
+    best = best_checkpoint(ckpts)
     for p in ckpts[:-keep]:
         if p != best:
             p.unlink(missing_ok=True)
-            p.with_suffix(".json").unlink(missing_ok=True)
+            sidecar(p).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and verify one checkpoint; raises UserError naming the file when it is damaged."""
-    meta = checkpoint_meta(path)
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Parameter names as the bare model has them: torch.compile adds ``_orig_mod.``, DDP ``module.``."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
+    """Load one checkpoint, checked against its recorded sha256; a UserError names a damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found; pass an existing ckpt_*.pt file")
+    meta = checkpoint_meta(path) if verify else {}
     if meta.get("sha256") and sha256_file(path) != meta["sha256"]:
-        raise UserError(f"checkpoint '{path}' does not match its recorded sha256 (corrupt)")
+        raise UserError(f"checkpoint '{path}' does not match the sha256 in {sidecar(path).name} (corrupt or truncated)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle: all mean the same to the user
         raise UserError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"'{path}' is not a checkpoint written by train.py (no model state in it)")
+    state["model"] = strip_wrapper_prefixes(state["model"])
+    return state
 
 
-def latest_good_checkpoint(run_dir: Path, warn) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads and verifies; damaged newer ones are reported and skipped."""
-    ckpts = sorted(run_dir.glob(CKPT_GLOB), reverse=True)
-    if not ckpts:
-        raise UserError(f"no checkpoint in '{run_dir}' to resume from; start without --run.resume")
-    for path in ckpts:
+def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads and verifies, or None when there is none; damaged ones are reported."""
+    ckpts = list_checkpoints(run_dir)
+    for path in reversed(ckpts):
         try:
             return path, load_checkpoint(path)
         except UserError as e:
             warn(f"warning: {e}; falling back to an earlier checkpoint")
-    raise UserError(f"every checkpoint in '{run_dir}' is corrupt; restart with --run.overwrite=true")
+    if ckpts:
+        raise UserError(
+            f"every checkpoint in '{run_dir}' is damaged ({len(ckpts)} tried); "
+            "resume from a copy with --run.checkpoint=PATH or start again with --run.overwrite=true"
+        )
+    return None
+
+
+def set_aside_newer(run_dir: Path, step: int, warn: Callable[[str], None]) -> None:
+    """Rename checkpoints past ``step`` to ``*.superseded``: a resume from ``step`` replaces their
+    timeline, and left in place they would be taken for the newest state. Nothing is deleted."""
+    newer = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    for p in newer:
+        for f in (p, sidecar(p)):
+            if f.exists():
+                os.replace(f, f.with_name(f.name + SUPERSEDED))
+    if newer:
+        warn(
+            f"warning: {len(newer)} checkpoint(s) past step {step} in '{run_dir}' renamed to *{SUPERSEDED} "
+            "(the resumed run replaces them); delete them when no longer needed"
+        )
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Temporary files left by a kill mid-write: never complete, never needed."""
+    for p in run_dir.glob("*.tmp"):
+        p.unlink(missing_ok=True)
 
 
 # Config keys that may differ between a run and its resumed continuation.
 RESUME_MAY_CHANGE = {
-    "run": {"resume", "checkpoint", "overwrite", "device", "compile", "wandb", "wandb_project", "dtype"},
+    "run": {
+        "name",
+        "dir",
+        "resume",
+        "checkpoint",
+        "overwrite",
+        "device",
+        "compile",
+        "wandb",
+        "wandb_project",
+        "dtype",
+        "threads",
+    },
     "train": {
         "max_steps",
         "max_tokens",
@@ -464,12 +622,18 @@ RESUME_MAY_CHANGE = {
         "grad_accum",
         "on_nonfinite",
         "max_skips",
+        "sync_interval",
     },
     "eval": "*",
 }
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``section.key: old -> new`` for every key that must not change across a resume.
+
+    A key the checkpoint lacks (added to the config since) counts as unchanged while it keeps its default.
+    """
+    defaults = to_dict(Config())
     diffs = []
     for section, values in new.items():
         free = RESUME_MAY_CHANGE.get(section, set())
@@ -477,9 +641,29 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             continue
         before = old.get(section, {})
         for key in sorted(set(values) | set(before)):
-            if key not in free and before.get(key) != values.get(key):
+            if key in free:
+                continue
+            if key not in before and values.get(key) == defaults.get(section, {}).get(key):
+                continue
+            if before.get(key) != values.get(key):
                 diffs.append(f"{section}.{key}: {before.get(key)!r} -> {values.get(key)!r}")
     return diffs
+
+
+def check_resumable(state: dict[str, Any], cfg: Config, world_size: int, path: Path) -> None:
+    diffs = config_differences(state["config"], to_dict(cfg))
+    if diffs:
+        raise UserError(
+            f"cannot resume from '{path}': the config differs in {'; '.join(diffs)}; "
+            "pass the checkpoint's values or start a new run with another --run.name"
+        )
+    old_accum = state["config"]["train"]["grad_accum"]
+    if old_accum * state["world_size"] != cfg.train.grad_accum * world_size:
+        raise UserError(
+            f"cannot resume from '{path}': it ran grad_accum x processes = {old_accum}x{state['world_size']}, "
+            f"this run {cfg.train.grad_accum}x{world_size}; choose --train.grad_accum so that the product is "
+            f"{old_accum * state['world_size']}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,28 +671,39 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-class MetricsLog:
-    """metrics.jsonl on rank 0; a resumed run first drops lines past its checkpoint's step."""
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a kill mid-write is dropped."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+
+class MetricsLog:
+    """metrics.jsonl on rank 0. A resumed run first keeps only the lines up to its checkpoint's step
+    (from ``source`` when this run dir has none yet: a run branched from another run's checkpoint),
+    so that the run and its continuation share one file with each step logged once."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool, source: Path | None = None):
         self.path, self.enabled = path, enabled
         self.history: list[dict] = []
         if not enabled:
             return
-        if resume_step is not None and path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill mid-write
-                if rec.get("step", 0) <= resume_step:
-                    self.history.append(rec)
-            tmp = path.with_suffix(".jsonl.tmp")
+        if resume_step is not None:
+            src = path if path.exists() else source
+            if src is not None and src.exists():
+                self.history = [r for r in read_jsonl(src) if r.get("step", 0) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
             os.replace(tmp, path)
         elif path.exists():
             path.unlink()
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "a", buffering=1)  # a line at a time: a kill loses at most the line in flight
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -517,7 +712,7 @@ class MetricsLog:
         self.file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.file.closed:
             self.file.close()
 
 
@@ -557,24 +752,49 @@ class WandbLogger:
 # --------------------------------------------------------------------------------------------
 
 
+class NonFiniteLoss(Exception):
+    """The loss, the gradients or the parameters became NaN/inf and the policy says stop."""
+
+
+class RanksDiverged(Exception):
+    """Parameters differ across ranks: a bug or a hardware fault."""
+
+
+def parse_fault(text: str) -> tuple[str, int] | None:
+    """The ``SYMBREAK_FAULT`` testing aid: "nan@STEP" or "desync@STEP"."""
+    if not text:
+        return None
+    kind, _, at = text.partition("@")
+    if kind not in ("nan", "desync") or not at.isdigit():
+        raise UserError(f"cannot read {FAULT_ENV}='{text}'; write nan@STEP or desync@STEP, or unset it")
+    return kind, int(at)
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: Context | None = None):
         self.cfg = cfg
         self.ctx = ctx or setup_context(cfg)
         self.stop_signal: int | None = None
+        self.exit_code = 0
+        self.bar = None
+        self.log: MetricsLog | None = None
+        self.wandb: WandbLogger | None = None
+        self.fault = parse_fault(os.environ.get(FAULT_ENV, ""))
 
     def say(self, msg: str) -> None:
         if self.ctx.is_main:
-            if getattr(self, "bar", None) is not None:
+            if self.bar is not None:
                 self.bar.write(msg)
             else:
                 print(msg, flush=True)
 
     def _prepare_run_dir(self) -> None:
+        """Refuse to start over an existing run by accident; clear it on overwrite; drop partial writes."""
         cfg, run_dir = self.cfg, self.ctx.run_dir
         resuming = cfg.run.resume or bool(cfg.run.checkpoint)
-        if self.ctx.is_main:
-            occupied = run_dir.exists() and any(run_dir.glob(CKPT_GLOB)) or (run_dir / "metrics.jsonl").exists()
+
+        def prepare() -> None:
+            occupied = bool(list_checkpoints(run_dir)) or (run_dir / "metrics.jsonl").exists()
             if occupied and not resuming and not cfg.run.overwrite:
                 raise UserError(
                     f"run dir '{run_dir}' already holds a run; pass --run.resume=true to continue it, "
@@ -584,49 +804,94 @@ class Trainer:
                 for p in list(run_dir.glob("ckpt_*")) + [run_dir / "metrics.jsonl", run_dir / "summary.json"]:
                     p.unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-        self.ctx.barrier()
+            remove_partial_writes(run_dir)
 
-    def _resume_state(self) -> dict[str, Any] | None:
-        cfg = self.cfg
-        if cfg.run.checkpoint:
-            path = Path(cfg.run.checkpoint)
-            if not path.is_file():
-                raise UserError(f"checkpoint '{path}' not found; pass an existing file to --run.checkpoint")
-            state = load_checkpoint(path)
-        elif cfg.run.resume:
-            path, state = latest_good_checkpoint(self.ctx.run_dir, self.say)
-        else:
+        self.ctx.run_on_main(prepare)
+
+    def _resume_state(self) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0 picks and verifies the checkpoint (falling back past damaged ones); every rank loads it."""
+        cfg, ctx = self.cfg, self.ctx
+        if not (cfg.run.resume or cfg.run.checkpoint):
             return None
-        diffs = config_differences(state["config"], to_dict(cfg))
-        if diffs:
-            raise UserError(f"cannot resume from '{path}': the config differs in {'; '.join(diffs)}")
-        old = state["config"]["train"]
-        if old["grad_accum"] * state["world_size"] != cfg.train.grad_accum * self.ctx.world_size:
-            raise UserError(
-                f"cannot resume from '{path}': it used grad_accum x world_size = "
-                f"{old['grad_accum']}x{state['world_size']}; keep their product the same"
-            )
+        picked: dict[str, Any] = {}
+
+        def pick() -> str | None:
+            if cfg.run.checkpoint:
+                path = Path(cfg.run.checkpoint)
+                state = load_checkpoint(path)
+            else:
+                found = latest_good_checkpoint(ctx.run_dir, self.say)
+                if found is None:
+                    self.say(f"no checkpoint in '{ctx.run_dir}' yet; starting the run from the beginning")
+                    return None
+                path, state = found
+            check_resumable(state, cfg, ctx.world_size, path)
+            set_aside_newer(ctx.run_dir, state["step"], self.say)
+            picked["state"] = state
+            return str(path)
+
+        path = ctx.run_on_main(pick)
+        if path is None:
+            return None
+        state = picked.get("state") or load_checkpoint(Path(path), verify=False)
         self.say(f"resuming from {path} at step {state['step']}")
-        return state
+        return Path(path), state
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT only raise a flag: the step in flight finishes, a checkpoint follows, exit 3.
+
+        Repeats are ignored: Ctrl-C under torchrun reaches each worker twice (terminal and launcher).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
         def handler(signum, frame):
-            self.stop_signal = signum
+            if self.stop_signal is None:
+                self.stop_signal = signum
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
-    def _should_stop(self) -> bool:
-        """Every rank must agree to stop at the same step, so the flag is all-reduced."""
-        flag = float(self.stop_signal is not None)
-        if self.ctx.distributed:
-            t = torch.tensor([flag], device=self.ctx.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = t.item()
-        return flag > 0
+    def _check_params(self, model: nn.Module, step: int) -> None:
+        """Parameters must be finite and bit-identical on every rank (DDP keeps them so).
+
+        One float64 sum per tensor and one MAX all-reduce of (sums, -sums, a non-finite flag): cheap
+        enough for every log step and every checkpoint, so neither a NaN nor a desync is saved.
+        """
+        sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in model.parameters()])
+        bad = (~torch.isfinite(sums)).any().to(torch.float64).reshape(1)
+        both = self.ctx.all_reduce(torch.cat([sums, -sums, bad]), dist.ReduceOp.MAX)
+        if both[-1] > 0:
+            raise NonFiniteLoss(f"parameters became non-finite by step {step}")
+        n = len(sums)
+        spread = both[:n] + both[n : 2 * n]  # max - min over ranks, per tensor
+        if (spread > 0).any():
+            raise RanksDiverged(
+                f"parameters differ across ranks after step {step} in {int((spread > 0).sum())} of {n} tensors "
+                f"(largest spread of a tensor sum {float(spread.max()):.3g}); a bug or a hardware fault: "
+                "resume from the last checkpoint with --run.resume=true"
+            )
 
     def run(self) -> dict[str, Any]:
+        previous = self._install_signal_handlers()
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            if self.log is not None:
+                self.log.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+    def _run(self) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
+        if cfg.train.on_nonfinite not in ("stop", "skip"):
+            raise UserError(f"unknown train.on_nonfinite '{cfg.train.on_nonfinite}'; use stop or skip")
+        if cfg.train.sync_interval < 1 or (cfg.train.sync_interval > 1 and cfg.train.on_nonfinite == "skip"):
+            raise UserError("train.sync_interval must be >= 1, and 1 when train.on_nonfinite=skip; fix one of them")
         self._prepare_run_dir()
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
@@ -634,14 +899,27 @@ class Trainer:
         task = build_task(cfg, ctx)
         model = task.build_model().to(ctx.device)
         optimizer = build_optimizer(task.param_groups(model), cfg.optim)
-        state = self._resume_state()
+        resumed = self._resume_state()
         step, tokens, wall_prev, best_val, skips = 0, 0, 0.0, math.inf, 0
-        if state is not None:
+        initial_val: dict[str, float] | None = None
+        if resumed is not None:
+            state = resumed[1]
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             step, tokens, wall_prev = state["step"], state["tokens"], state["wall_s"]
-            best_val, skips = state.get("best_val", math.inf), state.get("skips", 0)
-            set_rng_state(state["rng"])
+            best_val, skips, initial_val = state["best_val"], state["skips"], state["initial_val"]
+            rngs = state["rng"]  # one per rank; the same on every rank unless a task draws per rank
+            set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0], ctx.device)
+            del state
+        A, W = cfg.train.grad_accum, ctx.world_size
+        tokens_per_step = task.tokens_per_micro_batch * A * W
+        max_steps = cfg.train.max_steps
+        if cfg.train.max_tokens > 0:
+            max_steps = math.ceil(cfg.train.max_tokens / tokens_per_step)
+        if resumed is not None and step >= max_steps:
+            self.say(f"the run already finished {step} steps; raise --train.max_steps to train further")
+            summary_file = ctx.run_dir / "summary.json"
+            return json.loads(summary_file.read_text()) if ctx.is_main and summary_file.exists() else {}
         if ctx.is_main:
             (ctx.run_dir / "config.toml").write_text(to_toml(to_dict(cfg)))
         train_model = torch.compile(model) if cfg.run.compile else model
@@ -650,17 +928,12 @@ class Trainer:
 
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             train_model = DDP(train_model, device_ids=ids)
-        A, W = cfg.train.grad_accum, ctx.world_size
-        tokens_per_step = task.tokens_per_micro_batch * A * W
-        max_steps = cfg.train.max_steps
-        if cfg.train.max_tokens > 0:
-            max_steps = math.ceil(cfg.train.max_tokens / tokens_per_step)
-        log = MetricsLog(ctx.run_dir / "metrics.jsonl", step if state else None, ctx.is_main)
-        wandb = WandbLogger(cfg, ctx)
+        source = resumed[0].parent / "metrics.jsonl" if resumed is not None else None
+        log = self.log = MetricsLog(ctx.run_dir / "metrics.jsonl", step if resumed else None, ctx.is_main, source)
+        wandb = self.wandb = WandbLogger(cfg, ctx)
         fpt = task.flops_per_token(model)
         peak = peak_flops(ctx.device, ctx.dtype, cfg.train.peak_flops)
         requires_loss = getattr(optimizer, "requires_loss", False)
-        self._install_signal_handlers()
         n_params = sum(p.numel() for p in model.parameters())
         self.say(
             f"run {ctx.run_dir}: {n_params / 1e6:.2f}M parameters, {W} process(es) on {ctx.device}, "
@@ -673,17 +946,13 @@ class Trainer:
             model.train()
             return out
 
-        initial_val = None
-        if state is None and cfg.eval.interval >= 0:
+        if resumed is None and cfg.eval.interval >= 0:
             initial_val = evaluate()
             rec = {"step": 0, "tokens": 0, **initial_val}
             log.log(rec)
             wandb.log(rec)
             self.say("step 0: " + ", ".join(f"{k} {v:.4f}" for k, v in initial_val.items()))
-        elif state is not None:
-            initial_val = state.get("initial_val")
 
-        self.bar = None
         if ctx.is_main and cfg.train.progress:
             from tqdm import tqdm
 
@@ -697,8 +966,14 @@ class Trainer:
                 file=sys.stderr,
             )
 
-        def payload(last_val: float | None) -> dict[str, Any]:
-            return {
+        last_val: dict[str, float] = {}
+        last_val_step = -1
+
+        def checkpoint() -> None:
+            """Collective: the ranks' random states are gathered, the parameters checked, rank 0 writes."""
+            rngs = ctx.all_gather_object(rng_state(ctx.device))
+            self._check_params(model, step)
+            payload = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
@@ -706,29 +981,25 @@ class Trainer:
                 "wall_s": wall_prev + time.time() - t_start,
                 "config": to_dict(cfg),
                 "world_size": W,
-                "rng": rng_state(),
+                "rng": rngs,
                 "best_val": best_val,
-                "val_loss": last_val,
+                "val_loss": last_val.get("val_loss") if last_val_step == step else None,
                 "skips": skips,
                 "initial_val": initial_val,
             }
-
-        def checkpoint(last_val: float | None = None) -> None:
-            if ctx.is_main:
-                save_checkpoint(ctx.run_dir, step, payload(last_val), cfg.train.keep_checkpoints)
-            ctx.barrier()
+            ctx.run_on_main(lambda: save_checkpoint(ctx.run_dir, step, payload, cfg.train.keep_checkpoints))
 
         t_start = time.time()
         t_log, tokens_log = time.time(), tokens
-        last_val: dict[str, float] = {}
-        exit_code = 0
         model.train()
-        loss_acc = torch.zeros((), device=ctx.device)
+        loss_sum = torch.zeros((), device=ctx.device)
+        shared = torch.zeros(2, device=ctx.device)  # [mean loss, stop flag]: one all-reduce per step
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         while step < max_steps:
             mult = lr_multiplier(step, cfg.optim, max_steps)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * mult
-            loss_acc.zero_()
+            loss_sum.zero_()
             for i in range(A):
                 m = (step * A + i) * W + ctx.rank
                 batch = task.batch(m)
@@ -736,48 +1007,65 @@ class Trainer:
                 with sync:
                     with ctx.autocast():
                         loss = task.loss(train_model, batch, m)
+                    if self.fault == ("nan", step + 1) and ctx.is_main and i == 0:
+                        loss = loss * math.nan
                     (loss / A).backward()
-                loss_acc += loss.detach() / A
-            ctx.all_reduce_mean(loss_acc)
-            if not torch.isfinite(loss_acc):
-                optimizer.zero_grad(set_to_none=True)
-                if cfg.train.on_nonfinite == "skip" and skips < cfg.train.max_skips:
-                    skips += 1
-                    self.say(
-                        f"warning: non-finite loss at step {step + 1}; step skipped ({skips}/{cfg.train.max_skips})"
-                    )
-                    step += 1
-                    tokens += tokens_per_step
-                    continue
-                log.close()
-                good = sorted(ctx.run_dir.glob(CKPT_GLOB))
-                where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
-                raise NonFiniteLoss(f"loss became {loss_acc.item()} at step {step + 1}; {where}")
-            grad_norm = None
-            if cfg.optim.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            if requires_loss:
-                optimizer.step(loss=loss_acc)
+                loss_sum += loss.detach()
+            # every rank syncs on the same steps: each sync_interval-th, each logged one and the last
+            sync = (step + 1) % cfg.train.sync_interval == 0 or (step + 1) % cfg.train.log_interval == 0
+            if sync or step + 1 == max_steps:
+                shared[0] = loss_sum / A
+                shared[1] = float(self.stop_signal is not None)
+                ctx.all_reduce(shared)
+                shared[0] /= W
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                # the step's one host sync: every rank gets the same numbers, so every rank decides alike
+                loss_f, stop_f, norm_f = torch.cat([shared, grad_norm.reshape(1).to(shared.dtype)]).tolist()
             else:
-                optimizer.step()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                loss_f, stop_f, norm_f = 0.0, 0.0, 0.0  # unchecked: treated as finite, not stopping
+            stopping = stop_f > 0
+            skipped = None
+            if math.isfinite(loss_f) and math.isfinite(norm_f):
+                if requires_loss:
+                    optimizer.step(loss=shared[0])
+                else:
+                    optimizer.step()
+            else:
+                what = f"loss {loss_f}" if not math.isfinite(loss_f) else f"gradient norm {norm_f}"
+                if cfg.train.on_nonfinite == "stop" or skips >= cfg.train.max_skips:
+                    good = list_checkpoints(ctx.run_dir)
+                    where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
+                    raise NonFiniteLoss(f"non-finite {what} at step {step + 1}; {where}")
+                skips += 1
+                skipped = f"non-finite {what}"
+                self.say(f"warning: {skipped} at step {step + 1}; step skipped ({skips}/{cfg.train.max_skips})")
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens += tokens_per_step
+            if self.fault == ("desync", step) and ctx.rank == W - 1:
+                with torch.no_grad():
+                    next(model.parameters()).add_(1e-3)
             if self.bar is not None:
                 self.bar.update(1)
-            if step % cfg.train.log_interval == 0 or step == max_steps:
+            if skipped:
+                rec = {"step": step, "tokens": tokens, "skipped": skipped}
+                log.log(rec)
+                wandb.log(rec)
+            elif step % cfg.train.log_interval == 0 or step == max_steps:
+                self._check_params(model, step)
                 now = time.time()
                 tps = (tokens - tokens_log) / max(now - t_log, 1e-9)
                 t_log, tokens_log = now, tokens
                 rec = {
                     "step": step,
-                    "train_loss": loss_acc.item(),
+                    "train_loss": loss_f,
                     "lr": optimizer.param_groups[0]["lr"],
                     "tokens": tokens,
                     "tok_per_s": tps,
+                    "grad_norm": norm_f,
                 }
-                if grad_norm is not None:
-                    rec["grad_norm"] = float(grad_norm)
                 if fpt and peak:
                     rec["mfu"] = fpt * tps / (peak * W)
                 if ctx.is_main:
@@ -785,30 +1073,26 @@ class Trainer:
                 log.log(rec)
                 wandb.log(rec)
                 if self.bar is not None:
-                    self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    self.bar.set_postfix(loss=f"{loss_f:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             is_last = step == max_steps
             if (cfg.eval.interval > 0 and step % cfg.eval.interval == 0) or is_last:
-                last_val = evaluate()
+                last_val, last_val_step = evaluate(), step
                 rec = {"step": step, "tokens": tokens, **last_val}
                 log.log(rec)
                 wandb.log(rec)
                 best_val = min(best_val, last_val.get("val_loss", math.inf))
                 self.say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
                 t_log = time.time()  # throughput counts training time only
-            stopping = self._should_stop()
             if is_last or stopping or (cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0):
-                checkpoint(last_val.get("val_loss") if last_val else None)
+                checkpoint()
             if stopping and not is_last:
-                self.say(
-                    f"stopped by signal {self.stop_signal} at step {step}; checkpoint written, "
-                    "resume with --run.resume=true"
-                )
-                exit_code = PREEMPTED_EXIT
+                name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
+                self.say(f"stopped by {name} after step {step}; checkpoint written, continue with --run.resume=true")
+                self.exit_code = PREEMPTED_EXIT
                 break
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        wall = wall_prev + time.time() - t_start
         summary: dict[str, Any] = {}
         if ctx.is_main:
             summary = {
@@ -817,23 +1101,17 @@ class Trainer:
                 "initial_val_loss": (initial_val or {}).get("val_loss"),
                 "steps": step,
                 "tokens": tokens,
-                "wall_s": wall,
+                "wall_s": wall_prev + time.time() - t_start,
                 "params": n_params,
                 "run_dir": str(ctx.run_dir),
-                "completed": exit_code == 0,
+                "completed": self.exit_code == 0,
+                "skipped_steps": skips,
             }
             summary.update({k: v for k, v in last_val.items() if k != "val_loss"})
-            if exit_code == 0:
+            if self.exit_code == 0:
                 summary.update(task.finish(model, log.history))
             (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.close()
-        wandb.finish()
-        self.exit_code = exit_code
         return summary
-
-
-class NonFiniteLoss(Exception):
-    pass
 
 
 def report(summary: dict[str, Any]) -> None:
@@ -862,22 +1140,40 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config_path = argv[0] if argv and not argv[0].startswith("--") else None
     overrides = argv[1:] if config_path else argv
-    trainer = None
+    rank = int(os.environ.get("RANK", "0"))
+    owns_process_group = not dist.is_initialized()  # a caller's process group outlives this run
+
+    def error(msg: str, everywhere: bool) -> None:
+        """One line on stderr; an error that every rank hits alike is printed by rank 0 alone."""
+        if rank == 0:
+            print(f"error: {msg}", file=sys.stderr)
+        elif not everywhere:
+            print(f"error (rank {rank}): {msg}", file=sys.stderr)
+
     try:
-        cfg = load_config(config_path, overrides)
+        try:
+            cfg = load_config(config_path, overrides)
+        except UserError as e:  # every rank reads the same files and arguments
+            raise SharedUserError(str(e)) from None
         trainer = Trainer(cfg)
         summary = trainer.run()
         if trainer.ctx.is_main:
             report(summary)
         return trainer.exit_code
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"error: {e}; lower optim.lr or use --train.on_nonfinite=skip", file=sys.stderr)
+        error(str(e), isinstance(e, SharedUserError))
+        return USER_ERROR_EXIT
+    except NonFiniteLoss as e:  # decided on all-reduced values: the same on every rank
+        error(f"{e}; lower optim.lr or use --train.on_nonfinite=skip", everywhere=True)
         return NONFINITE_EXIT
+    except RanksDiverged as e:
+        error(str(e), everywhere=True)
+        return DESYNC_EXIT
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+        error("interrupted", everywhere=True)
+        return 130
     finally:
-        if dist.is_initialized():
+        if owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
