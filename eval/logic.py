@@ -237,8 +237,8 @@ def score_tokens(
         seqs, firsts = [], []
         for k in chunk:
             seq, start = sequences[k], starts[k]
-            if start < 1 or start > len(seq):
-                raise ValueError(f"start {start} outside 1..{len(seq)}")
+            if not 1 <= start < len(seq):
+                raise ValueError(f"start {start} leaves nothing to score in a sequence of {len(seq)} tokens")
             cut = max(0, len(seq) - block_size)
             seqs.append(seq[cut:])
             firsts.append(max(1, start - cut))

@@ -111,3 +111,15 @@ def test_import_cli_writes_a_loadable_run(tmp_path):
 def test_import_from_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["import", str(tmp_path / "nothing-here"), str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.startswith("error: cannot load GPT-2 weights")
+
+
+def test_custom_export_handles_left_padding(tmp_path):
+    model = tiny("prelu", "bqbv")
+    export(model, tmp_path, eot=V - 1)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    batch = torch.tensor([[5, 6, 7, 8], [V - 1, V - 1, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        padded = hf(batch, attention_mask=mask).logits
+        torch.testing.assert_close(padded[1, 2:], model(torch.tensor([[9, 10]]))[0][0, :, :V], atol=1e-4, rtol=0)
+        torch.testing.assert_close(padded[0], model(batch[:1])[0][0, :, :V], atol=1e-4, rtol=0)
