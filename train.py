@@ -151,6 +151,11 @@ def setup_context(cfg: Config) -> Context:
     if want.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError("run.device asks for CUDA but no GPU is visible; use --run.device=cpu")
+        if want == "cuda" and local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"LOCAL_RANK {local_rank} but {torch.cuda.device_count()} GPU(s) visible on this node; "
+                "launch at most one process per GPU (--nproc_per_node)"
+            )
         device = torch.device(f"cuda:{local_rank}") if want == "cuda" else torch.device(want)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -160,6 +165,11 @@ def setup_context(cfg: Config) -> Context:
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)  # tiny models on shared CPUs: 1 avoids thread contention
     if world > 1 and not dist.is_initialized():
+        if not {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
+            raise UserError(
+                f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are not set; "
+                "start with torchrun or accelerate launch, which set them"
+            )
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
     if cfg.run.dtype == "auto":
@@ -1118,7 +1128,12 @@ def report(summary: dict[str, Any]) -> None:
     """The closing lines a user reads: losses, the sample, the checks and where the run lives."""
     if not summary:
         return
-    if summary.get("initial_val_loss") is not None and summary.get("final_val_loss") is not None:
+    if summary.get("completed") is False:
+        print(
+            f"stopped after {summary['steps']} steps ({summary['tokens']:,} tokens, {summary['wall_s']:.0f}s); "
+            "continue with --run.resume=true"
+        )
+    elif summary.get("initial_val_loss") is not None and summary.get("final_val_loss") is not None:
         print(
             f"val loss: {summary['initial_val_loss']:.4f} at step 0 -> {summary['final_val_loss']:.4f} "
             f"after {summary['steps']} steps ({summary['tokens']:,} tokens, {summary['wall_s']:.0f}s)"

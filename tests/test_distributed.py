@@ -213,6 +213,17 @@ def test_pruning_keeps_the_newest_and_the_best(tmp_path):
     assert [train.checkpoint_step(p) for p in train.list_checkpoints(tmp_path)] == [2, 4, 5]
 
 
+def test_a_resumed_metrics_log_drops_lines_past_the_checkpoint_and_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "train_loss": 1.0 / (s + 1)}) for s in range(6)]
+    path.write_text("\n".join(lines) + "\n" + lines[-1][:9])  # the kill cut the last line short
+    log = train.MetricsLog(path, resume_step=3, enabled=True)
+    log.log({"step": 4, "train_loss": 0.5})
+    log.close()
+    assert [r["step"] for r in train.read_jsonl(path)] == [0, 1, 2, 3, 4]
+    assert path.read_text().endswith("\n")
+
+
 # --------------------------------------------------------------------------------------------
 # In-process runs, for every registered optimizer
 # --------------------------------------------------------------------------------------------
@@ -315,6 +326,27 @@ def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     # a finished run asked to resume has nothing to do and changes nothing
     assert train.main(args(data_dir, tmp_path, "a", "--run.resume=true", steps=2)) == 0
     assert "already finished 2 steps" in capsys.readouterr().out
+
+
+def test_the_closing_sample_and_the_evaluations_do_not_disturb_training(data_dir, tmp_path, capsys):
+    """A run stopped at step 4, which printed a sample at its end, continues exactly like a run that never
+    stopped (a constant schedule, so that the first run's shorter max_steps does not change the LR)."""
+    extra = ["--optim.schedule=constant", "--optim.warmup_steps=0"]
+    assert train.main(args(data_dir, tmp_path, "ref", *extra)) == 0
+    first = args(data_dir, tmp_path, "run", *extra, "--eval.sample_tokens=16", "--eval.interval=1", steps=4)
+    assert train.main(first) == 0
+    assert "sample:" in capsys.readouterr().out
+    assert train.main(args(data_dir, tmp_path, "run", *extra, "--run.resume=true")) == 0
+    want = {k: v for k, v in losses(tmp_path / "ref").items() if k[1] == "train_loss" or k[0] % 4 == 0}
+    assert {k: v for k, v in losses(tmp_path / "run").items() if k in want} == want
+    assert_same_params(final_params(tmp_path / "run"), final_params(tmp_path / "ref"))
+
+    from eval.run import load_run
+
+    loaded = load_run(tmp_path / "run")
+    before = torch.get_rng_state()
+    train.sample_text(loaded.model, loaded.tokenizer, "The ", 8, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 # --------------------------------------------------------------------------------------------
