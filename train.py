@@ -1003,7 +1003,7 @@ class Trainer:
         t_log, tokens_log = time.time(), tokens
         model.train()
         loss_sum = torch.zeros((), device=ctx.device)
-        shared = torch.zeros(2, device=ctx.device)  # [mean loss, stop flag]: one all-reduce per step
+        shared = torch.zeros(2, device=ctx.device)  # [mean loss, stop flag]: one all-reduce per synced step
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         while step < max_steps:
             mult = lr_multiplier(step, cfg.optim, max_steps)
@@ -1023,11 +1023,13 @@ class Trainer:
                 loss_sum += loss.detach()
             # every rank syncs on the same steps: each sync_interval-th, each logged one and the last
             sync = (step + 1) % cfg.train.sync_interval == 0 or (step + 1) % cfg.train.log_interval == 0
-            if sync or step + 1 == max_steps:
+            sync = sync or step + 1 == max_steps
+            if sync or requires_loss:  # an optimizer that takes the loss needs this step's, every step
                 shared[0] = loss_sum / A
                 shared[1] = float(self.stop_signal is not None)
                 ctx.all_reduce(shared)
                 shared[0] /= W
+            if sync:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 # the step's one host sync: every rank gets the same numbers, so every rank decides alike
                 loss_f, stop_f, norm_f = torch.cat([shared, grad_norm.reshape(1).to(shared.dtype)]).tolist()

@@ -304,6 +304,16 @@ def test_nonfinite_loss_stops_or_skips_and_never_overwrites_a_good_checkpoint(
     )
 
 
+@pytest.mark.parametrize("opt", optim.names())
+def test_fewer_host_syncs_change_nothing_but_the_syncs(opt, data_dir, tmp_path):
+    """train.sync_interval > 1 skips the per-step checks, not the per-step loss an optimizer may need."""
+    extra = [*optimizer_args(opt), "--train.log_interval=4"]
+    assert train.main(args(data_dir, tmp_path, "every", *extra)) == 0
+    assert train.main(args(data_dir, tmp_path, "fewer", *extra, "--train.sync_interval=3")) == 0
+    assert losses(tmp_path / "fewer") == losses(tmp_path / "every")
+    assert_same_params(final_params(tmp_path / "fewer"), final_params(tmp_path / "every"))
+
+
 def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     assert train.main(args(data_dir, tmp_path, "a", steps=2)) == 0
     capsys.readouterr()
