@@ -9,15 +9,15 @@ coupled L2 (g + wd·θ, F + ½·Σ_groups wd·‖θ_group‖²). With Δt = lr/�
   4. θ ← θ + Δt·v
   5. v ← ‖v‖·u/‖u‖,  u = v/‖v‖ + ν'·z,  z ~ N(0, I)   (skipped when ν = 0)
 
-Step 2 of the next step only rescales v, so the velocity is stored already normalised at the end of
-each step (identical trajectory; the stored velocity has unit norm between steps). Norms and v·g are
-taken over all parameters jointly; ``per_tensor=True`` takes v·g per tensor, as the paper's own code
-does, for comparison only.
+Norms and v·g are taken over all parameters jointly; ``per_tensor=True`` takes v·g per tensor, as the
+paper's own code does, for comparison only.
 
-The velocity lives in one flat buffer (``velocity``, in parameter order, saved under
-``state_dict()["ecd"]``), so the norms and the dot product are single reductions. The step does no
-host synchronisation except the one the ``on_low_loss`` policy needs to act on F − F0 ≤ 0 before
-anything moves (``error`` and ``skip``); ``clamp`` needs none and reports every 100 steps.
+The velocity lives in one flat buffer in parameter order, so the norms and the dot product are single
+reductions. It is kept as raw·scale with a 0-dim ``scale``: the division of step 2 folds into step 3's
+multiplication instead of costing a pass over d numbers, and ``velocity`` (= raw·scale) has unit
+norm between steps. The step does no host synchronisation except the one the ``on_low_loss`` policy
+needs to act on F − F0 ≤ 0 before anything moves (``error``, ``skip``); ``clamp`` needs none and
+reports clamped steps every 100 steps and at every checkpoint.
 Under DDP every rank gets the same all-reduced loss and gradients, and z is drawn from a generator
 seeded by (noise_seed, step), so the replicas stay identical and resume replays the same noise.
 """
@@ -85,19 +85,39 @@ class ECD(torch.optim.Optimizer):
         self.skipped = 0
         self.low_loss_steps = torch.zeros((), dtype=torch.int64, device=self.device)  # clamped steps
         self.low_loss_reported = 0
-        self.velocity = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         position = {id(p): i for i, p in enumerate(self.params)}
         self.group_index = [[position[id(p)] for p in g["params"]] for g in self.param_groups]
-        self.sizes_t = torch.tensor(self.sizes, device=self.device)
+        # The velocity is raw·scale: the normalisation (step 2) is folded into the next step's
+        # multiplications instead of costing a pass over d numbers of its own.
+        self._set_velocity(torch.zeros(self.dim, dtype=self.dtype, device=self.device), torch.ones((), **self._like))
+        # The flat gradient (then the noise) is written here every step; a fresh d-sized buffer each step
+        # would cost page faults on CPU (on CUDA the caching allocator would hold it anyway).
+        self.workspace = torch.zeros(self.dim, **self._like)
+        self.work_views = self._views(self.workspace)
+
+    @property
+    def _like(self) -> dict:
+        return {"dtype": self.dtype, "device": self.device}
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        """The unit-norm velocity, flat, in parameter order."""
+        return self.raw * self.scale
+
+    def _set_velocity(self, raw: torch.Tensor, scale: torch.Tensor) -> None:
+        self.raw, self.scale = raw, scale
+        self.raw_views = self._views(raw)
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [v.view(p.shape) for p, v in zip(self.params, flat.split(self.sizes))]
 
     def _flat_grad(self) -> torch.Tensor:
-        grads = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype) for p in self.params
-        ]
-        return torch.cat(grads)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if all(g.dtype == self.dtype for g in grads):
+            torch.cat([g.reshape(-1) for g in grads], out=self.workspace)
+        else:
+            torch._foreach_copy_(self.work_views, grads)
+        return self.workspace
 
     def _step_size(self) -> float:
         lrs = {g["lr"] for g in self.param_groups}
@@ -115,11 +135,10 @@ class ECD(torch.optim.Optimizer):
         dt = self._step_size()
         F = torch.as_tensor(loss, device=self.device).detach().to(self.dtype).reshape(())
         g = self._flat_grad()
-        g_views = self._views(g)
         for group, idx in zip(self.param_groups, self.group_index):  # coupled L2: into g and into F
             wd = group["weight_decay"]
             if wd:
-                torch._foreach_add_([g_views[i] for i in idx], group["params"], alpha=wd)
+                torch._foreach_add_([self.work_views[i] for i in idx], group["params"], alpha=wd)
                 sq = torch.stack(torch._foreach_norm(group["params"])).to(self.dtype).square().sum()
                 F = F + 0.5 * wd * sq
         gap = F - self.f0
@@ -140,26 +159,27 @@ class ECD(torch.optim.Optimizer):
             if (self.steps + 1) % CLAMP_REPORT_EVERY == 0:
                 self._report_clamps()
 
-        v = self.velocity
-        if self.steps == 0:  # 1. start along the descent direction (unit norm, so 2. is a no-op)
-            torch.div(g, -torch.linalg.vector_norm(g), out=v)
-        # 2. is already done: v was stored with unit norm.
+        v = self.raw
+        if self.steps == 0:  # 1. start along the descent direction
+            torch.neg(g, out=v)
+            self.scale = 1 / torch.linalg.vector_norm(v)
+        # 2. the unit velocity is scale·v. 3. v ← scale·v·(1 + c·scale·(v·g)) − c·g:
         c = (0.5 * dt * self.eta * self.dim / (self.dim - 1)) / gap
-        if self.per_tensor:  # 3. with v·g per tensor (the paper's code)
+        if self.per_tensor:  # with v·g per tensor (the paper's code)
             dots = torch.stack([torch.dot(a, b) for a, b in zip(v.split(self.sizes), g.split(self.sizes))])
-            scale = torch.repeat_interleave(1 + c * dots, self.sizes_t, output_size=self.dim)
-            v.mul_(scale)
-        else:  # 3. v(1 + c·v·g) − c·g
-            v.mul_(1 + c * torch.dot(v, g))
-        v.sub_(g.mul_(c))
-        torch._foreach_add_(self.params, self._views(v), alpha=dt)  # 4.
-        v.div_(torch.linalg.vector_norm(v))  # 5. (and 2. of the next step)
-        if self.nu > 0:
+            torch._foreach_mul_(self.raw_views, list((self.scale * (1 + c * self.scale * dots)).unbind()))
+        else:
+            v.mul_(self.scale * (1 + c * self.scale * torch.dot(v, g)))
+        v.addcmul_(g, c, value=-1)
+        torch._foreach_add_(self.params, self.raw_views, alpha=dt)  # 4.
+        norm = torch.linalg.vector_norm(v)
+        if self.nu > 0:  # 5. (the norm is kept implicitly: the next step normalises anyway)
             gen = torch.Generator(device=self.device)
             gen.manual_seed(draw_key(self.noise_seed, self.steps, 0))
-            z = torch.randn(self.dim, generator=gen, device=self.device, dtype=self.dtype)
-            v.add_(z, alpha=self.nu / math.sqrt(self.dim))
-            v.div_(torch.linalg.vector_norm(v))
+            z = torch.randn(self.dim, generator=gen, out=self.workspace, **self._like)
+            v.div_(norm).add_(z, alpha=self.nu / math.sqrt(self.dim))
+            norm = torch.linalg.vector_norm(v)
+        self.scale = 1 / norm
         self.steps += 1
         return loss
 
@@ -177,7 +197,8 @@ class ECD(torch.optim.Optimizer):
             self._report_clamps()
         sd = super().state_dict()
         sd["ecd"] = {
-            "velocity": self.velocity.clone(),
+            "velocity": self.raw.clone(),  # the unit-norm velocity is velocity * velocity_scale
+            "velocity_scale": self.scale.clone(),
             "steps": self.steps,
             "skipped": self.skipped,
             "low_loss_steps": self.low_loss_steps.clone(),
@@ -192,7 +213,7 @@ class ECD(torch.optim.Optimizer):
         if extra["velocity"].numel() != self.dim:
             raise UserError("the checkpoint's ECD velocity does not match the model's parameters")
         super().load_state_dict(state_dict)
-        self.velocity = extra["velocity"].to(device=self.device, dtype=self.dtype).clone()
+        self._set_velocity(extra["velocity"].to(**self._like).clone(), extra["velocity_scale"].to(**self._like))
         self.steps, self.skipped = int(extra["steps"]), int(extra["skipped"])
         self.low_loss_steps = extra["low_loss_steps"].to(self.device)
         self.low_loss_reported = int(extra["low_loss_reported"])
