@@ -660,7 +660,16 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
+RESUME_KEYS = ("optimizer", "step", "tokens", "wall_s", "config", "world_size", "rng", "best_val", "skips")
+
+
 def check_resumable(state: dict[str, Any], cfg: Config, world_size: int, path: Path) -> None:
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise UserError(
+            f"'{path}' holds model weights but no training state ({', '.join(missing)} missing); "
+            "it cannot be resumed, only evaluated"
+        )
     diffs = config_differences(state["config"], to_dict(cfg))
     if diffs:
         raise UserError(
@@ -913,11 +922,17 @@ class Trainer:
         step, tokens, wall_prev, best_val, skips = 0, 0, 0.0, math.inf, 0
         initial_val: dict[str, float] | None = None
         if resumed is not None:
-            state = resumed[1]
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            path, state = resumed
+            try:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                detail = " ".join(str(e).split())[:300]
+                raise UserError(
+                    f"'{path}' does not fit this model and optimizer ({detail}); check the config"
+                ) from None
             step, tokens, wall_prev = state["step"], state["tokens"], state["wall_s"]
-            best_val, skips, initial_val = state["best_val"], state["skips"], state["initial_val"]
+            best_val, skips, initial_val = state["best_val"], state["skips"], state.get("initial_val")
             rngs = state["rng"]  # one per rank; the same on every rank unless a task draws per rank
             set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0], ctx.device)
             del state

@@ -330,6 +330,10 @@ def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     missing = tmp_path / "nope.pt"
     assert train.main(args(data_dir, tmp_path, "a", f"--run.checkpoint={missing}", steps=4)) == 2
     assert "not found" in one_line_error(capsys.readouterr().err)
+    weights = tmp_path / "weights.pt"  # what a weights-only export holds
+    torch.save({"model": final_params(tmp_path / "a"), "config": {}}, weights)
+    assert train.main(args(data_dir, tmp_path, "a", f"--run.checkpoint={weights}", steps=4)) == 2
+    assert "no training state" in one_line_error(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == saved
 
     assert train.main(args(data_dir, tmp_path, "a", "--run.overwrite=true", steps=2)) == 0
