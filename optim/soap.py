@@ -128,11 +128,12 @@ class SOAP(torch.optim.Optimizer):
         for axis, side in ((0, "left"), (1, "right")):
             if f"q_{side}" not in state:
                 continue
-            gram, q_old = state[f"gram_{side}"], state[f"q_{side}"]
-            order = torch.argsort((q_old * (gram @ q_old)).sum(0), descending=True)
+            q_old = state[f"q_{side}"]
+            power = state[f"gram_{side}"] @ q_old
+            order = torch.argsort((q_old * power).sum(0), descending=True)
             state["exp_avg_sq"] = state["exp_avg_sq"].index_select(axis, order)
-            with _one_cpu_thread(gram):
-                q_new = torch.linalg.qr(gram @ q_old[:, order]).Q
+            with _one_cpu_thread(power):
+                q_new = torch.linalg.qr(power[:, order]).Q
             turn = q_new.T @ q_old  # old eigenbasis coordinates -> new ones
             state["exp_avg"] = turn @ state["exp_avg"] if axis == 0 else state["exp_avg"] @ turn.T
             state[f"q_{side}"] = q_new
