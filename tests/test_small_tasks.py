@@ -46,6 +46,14 @@ def test_group_composition_fast(tmp_path):
     assert sum(last["loss_by_irrep"]) == pytest.approx(s["final_val_loss"], rel=1e-3)  # the loss splits per irrep
 
 
+def test_group_composition_c11_reference_staircase(tmp_path):
+    """The reference C11 setup, cut at 6,000 steps (the last pair is learned by ~4,700): 75/11 ... 5/11 within
+    2%, in descending order of power. The full 20,000-step run is configs/small_tasks/group_composition.toml."""
+    s = run(tmp_path, "group_composition.toml", "--train.max_steps=6000")
+    assert s["prediction"]["levels"] == pytest.approx([75 / 11, 50 / 11, 30 / 11, 15 / 11, 5 / 11, 0])
+    assert_checks_pass(s, ["plateau_levels", "learned_in_order_of_power"])
+
+
 def test_modular_addition_fast(tmp_path):
     """Frequencies 1 and 3 of the reference spectrum at 5x the learning rate (drop times scale as 1/lr)."""
     s = run(
