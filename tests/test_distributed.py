@@ -41,7 +41,7 @@ TINY = [
     "--eval.sample_tokens=0",
 ]
 STEPS = 8  # in-process runs
-KILL_STEPS = 40  # runs that get killed: long enough to be caught mid-run
+KILL_STEPS = 60  # runs that get killed: caught by step KILL_STEPS // 4, with room to spare
 
 
 def missing_module(name: str) -> str | None:
@@ -419,7 +419,7 @@ def test_single_process_killed_or_preempted_resumes_exactly(sig, data_dir, singl
     extra = ["--train.checkpoint_interval=1", "--train.keep_checkpoints=2"]
     run_args = args(data_dir, tmp_path, "run", *extra, steps=KILL_STEPS)
     proc = launch([sys.executable, "train.py", *run_args])
-    wait_for_step(proc, tmp_path / "run", random.Random(sig).randint(3, KILL_STEPS // 2))
+    wait_for_step(proc, tmp_path / "run", random.Random(sig).randint(3, KILL_STEPS // 4))
     os.killpg(proc.pid, getattr(signal, sig))
     out = proc.communicate(timeout=120)[0]
     if sig == "SIGKILL":
@@ -457,7 +457,7 @@ def ddp(data_dir, tmp_path_factory) -> dict:
     result["term_steps"] = max(step for step, _ in losses(root / "term"))
 
     proc = launch(torchrun("train.py", *args(data_dir, root, "kill", *extra, steps=KILL_STEPS)))
-    wait_for_step(proc, root / "kill", random.Random(0).randint(3, KILL_STEPS // 2))
+    wait_for_step(proc, root / "kill", random.Random(0).randint(3, KILL_STEPS // 4))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
 
