@@ -1,6 +1,6 @@
 """Smallest width at which the two-layer power network composes k elements exactly, for k = 2 and 3.
 
-    python -m small_tasks.width_sweep [--group C5] [--ks 2 3] [--widths 2 4 6 8 10 12 16 24 32] [--seeds 2]
+    python -m small_tasks.width_sweep [--group C5] [--model mlp] [--ks 2 3] [--widths 2 4 6 8 10 12 16 24 32]
 
 Expressivity, not dynamics: each (k, width) is trained through train.py with Adam from O(1)
 initialization, best of ``--seeds`` restarts; a width "reaches near-zero loss" when the final loss
@@ -18,7 +18,7 @@ from configs import load_config
 from train import Trainer
 
 
-def final_loss(group: str, k: int, width: int, seed: int, steps: int) -> tuple[float, float]:
+def final_loss(group: str, model: str, k: int, width: int, seed: int, steps: int) -> tuple[float, float]:
     args = [
         f"--run.dir={tempfile.mkdtemp()}",
         "--run.name=w",
@@ -27,6 +27,7 @@ def final_loss(group: str, k: int, width: int, seed: int, steps: int) -> tuple[f
         f"--task.group={group}",
         "--task.powers=[]",
         f"--task.k={k}",
+        f"--task.model={model}",
         f"--task.width={width}",
         "--task.init_scale=1.0",
         "--optim.name=adamw",
@@ -45,6 +46,7 @@ def final_loss(group: str, k: int, width: int, seed: int, steps: int) -> tuple[f
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--group", default="C5")
+    ap.add_argument("--model", default="mlp", help="mlp | rnn | deep")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--widths", type=int, nargs="+", default=[2, 4, 6, 8, 10, 12, 16, 24, 32])
     ap.add_argument("--seeds", type=int, default=2)
@@ -55,11 +57,11 @@ def main() -> None:
     for k in args.ks:
         rows = []
         for w in args.widths:
-            losses = [final_loss(args.group, k, w, seed, args.steps) for seed in range(args.seeds)]
+            losses = [final_loss(args.group, args.model, k, w, seed, args.steps) for seed in range(args.seeds)]
             best = min(v for v, _ in losses)
             rel = best / losses[0][1]
             rows.append({"width": w, "best_rel_loss": rel})
-            print(f"{args.group} k={k} width {w:3d}: best final loss / initial = {rel:.2e}", flush=True)
+            print(f"{args.group} {args.model} k={k} width {w:3d}: best final loss / initial = {rel:.2e}", flush=True)
         ok = [r["width"] for r in rows if r["best_rel_loss"] < args.tol]
         result[k] = {"min_width": min(ok) if ok else None, "rows": rows}
     print(json.dumps({str(k): v["min_width"] for k, v in result.items()}))
