@@ -161,6 +161,13 @@ class GroupCompositionTask(SmallTask):
         cp = np.array(self.class_powers())
         learned_at = staircase.learn_steps(log_steps, by_class(resid), cp / self.group.order)
         expected_order = [self.class_label(c) for grp in drop_groups for c in grp]
+        # Measured on D5 and S4: across irrep dimensions the order follows the coefficient's singular
+        # value sqrt(P |G|) / d (equal for all of an irrep's singular values here), not P itself.
+        size = [
+            np.sqrt(cp[c] / len(cls) * self.group.order) / self.group.irreps[cls[0]].dim
+            for c, cls in enumerate(self.classes)
+        ]
+        by_size = [self.class_label(c) for c in sorted(range(len(cp)), key=lambda c: -size[c]) if cp[c] > 0]
         nonzero = [c for c in range(len(cp)) if cp[c] > 0]
         observed = sorted(nonzero, key=lambda c: (learned_at[c] is None, learned_at[c] or 0.0))
         order_ok = all(learned_at[c] is not None for c in nonzero) and all(
@@ -175,6 +182,7 @@ class GroupCompositionTask(SmallTask):
                 expected_order,
                 [self.class_label(c) for c in observed],
                 learned_at_step={self.class_label(c): learned_at[c] for c in nonzero},
+                order_by_coefficient_size=by_size,
             ),
             "reaches_zero_loss": staircase.check(final < 0.01 * smallest, f"< {0.01 * smallest:.3g}", final),
             **self.extra_checks(steps, loss, levels),
@@ -186,7 +194,12 @@ class GroupCompositionTask(SmallTask):
             labels = [self.class_label(c) for c in range(len(self.classes))]
             plots.plot_spectrum(run_dir / "spectrum.png", log_steps, by_class(power), cp, labels, title)
         return {
-            "prediction": {"levels": levels, "order": expected_order, "drop_steps": self.predicted_drops()},
+            "prediction": {
+                "levels": levels,
+                "order": expected_order,
+                "order_by_coefficient_size": by_size,
+                "drop_steps": self.predicted_drops(),
+            },
             "observed": {"plateaus": plateaus, "final_loss": final},
             "checks": checks,
         }

@@ -302,7 +302,7 @@ def template_from_powers(group: Group, powers: list[float], seed: int = 0) -> np
     if len(powers) != len(group.irreps):
         raise UserError(
             f"task.powers has {len(powers)} entries but {group.name} has {len(group.irreps)} irreps "
-            f"({', '.join(r.name for r in group.irreps)}); give one power per irrep"
+            f"({', '.join(r.name for r in group.irreps)}); give one power per irrep, or [] for the default"
         )
     if any(p < 0 for p in powers):
         raise UserError("task.powers must be non-negative; fix the negative entries")
