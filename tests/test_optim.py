@@ -99,3 +99,24 @@ def test_builders_honour_the_config():
     opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
     assert (opt.eta, opt.f0, opt.nu, opt.per_tensor, opt.noise_seed) == (9.0, -1.0, 0.1, True, 5)
     assert opt.requires_loss
+
+
+@pytest.mark.parametrize("name", ["soap", "ecd"])
+def test_state_stays_fp32_under_bf16_autocast(name):
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    cfg = OptimConfig(name=name, lr=1e-2, f0=0.0)
+    opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, idx)[1]
+    loss.backward()
+    if getattr(opt, "requires_loss", False):
+        opt.step(loss=loss.detach().float())
+    else:
+        opt.step()
+    sd = opt.state_dict()
+    tensors = [t for s in sd["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
+    tensors += [t for t in sd.get("ecd", {}).values() if isinstance(t, torch.Tensor)]
+    floats = [t for t in tensors if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 for t in floats)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
