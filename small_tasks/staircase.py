@@ -14,11 +14,14 @@ import numpy as np
 
 
 def loss_trace(trace: np.ndarray | None, history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, loss): the per-step trace when complete, else the logged ``train_loss`` records."""
-    if trace is not None and np.all(np.isfinite(trace)):
-        return np.arange(len(trace)), trace
-    recs = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
-    steps, loss = (np.array(v, dtype=float) for v in zip(*recs)) if recs else (np.zeros(0), np.zeros(0))
+    """(steps, loss): the per-step trace where this process recorded it (all of it unless resumed),
+    the logged ``train_loss`` records before that. A record at step s holds the loss of step s - 1."""
+    recs = [(r["step"] - 1, r["train_loss"]) for r in history if "train_loss" in r]
+    known = np.isfinite(trace) if trace is not None else np.zeros(0, dtype=bool)
+    first = int(np.argmax(known)) if known.any() else 1 << 62
+    early = [(s, v) for s, v in recs if s < first]
+    steps = np.array([s for s, _ in early] + list(np.nonzero(known)[0]), dtype=float)
+    loss = np.array([v for _, v in early] + (list(trace[known]) if known.any() else []), dtype=float)
     return steps, loss
 
 

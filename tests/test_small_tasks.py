@@ -184,3 +184,23 @@ def test_sync_interval_still_stops_a_diverging_run(tmp_path):
             "--train.log_interval=10",
             "--train.max_steps=100",
         )
+
+
+def test_loss_trace_joins_logged_records_and_the_per_step_trace():
+    from small_tasks.staircase import loss_trace
+
+    trace = np.full(10, np.nan)
+    trace[5:] = np.arange(5.0, 10.0)  # a run resumed at step 5 records only its own steps
+    history = [{"step": 2, "train_loss": 1.0}, {"step": 4, "train_loss": 3.0}, {"step": 8, "train_loss": 7.0}]
+    steps, loss = loss_trace(trace, history)
+    assert steps.tolist() == [1, 3, 5, 6, 7, 8, 9] and loss.tolist() == [1, 3, 5, 6, 7, 8, 9]
+
+
+def test_resumed_run_reaches_the_same_checks(tmp_path):
+    common = ["--task.group=C5", "--task.powers=[]", "--task.width=16", "--train.log_interval=10"]
+    whole = run(tmp_path / "a", "group_composition.toml", "--train.max_steps=800", *common)
+    run(tmp_path / "b", "group_composition.toml", "--train.max_steps=400", *common)
+    resumed = run(tmp_path / "b", "group_composition.toml", "--train.max_steps=800", "--run.resume=true", *common)
+    assert whole["final_val_loss"] == resumed["final_val_loss"]
+    assert whole["checks"]["plateau_levels"]["passed"] and resumed["checks"]["plateau_levels"]["passed"]
+    assert whole["checks"]["learned_in_order_of_power"] == resumed["checks"]["learned_in_order_of_power"]
