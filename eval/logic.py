@@ -415,7 +415,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     cut = sum(r.get("truncated", 0) for r in results.values())
     if cut:
         lines.append(f"note: {cut} sequence(s) longer than the context were cut from the left")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
