@@ -93,12 +93,6 @@ class Context:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            t /= self.world_size
-        return t
-
     def all_reduce(self, t: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
         if self.distributed:
             dist.all_reduce(t, op=op)
@@ -1206,8 +1200,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if owns_process_group and dist.is_initialized():
+            ignore_stop_signals()  # torchrun signals the ranks still tearing down when one rank exits first
             dist.destroy_process_group()
 
 
+def ignore_stop_signals() -> None:
+    """Training is over: a SIGTERM/SIGINT now would only turn this process's exit code into a kill."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    ignore_stop_signals()
+    sys.exit(code)
