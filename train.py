@@ -862,7 +862,12 @@ class Trainer:
             if self.stop_signal is None:
                 self.stop_signal = signum
 
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+            # restart interrupted system calls: a signal must not fail a collective inside gloo or NCCL
+            signal.siginterrupt(sig, False)
+        return previous
 
     def _check_params(self, model: nn.Module, step: int) -> None:
         """Parameters must be finite and bit-identical on every rank (DDP keeps them so).
