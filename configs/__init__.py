@@ -192,8 +192,21 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     for key, value in values.items():
         if key not in names:
             raise UserError(f"unknown config key '{section}.{key}'; did you mean '{section}.{_closest(key, names)}'?")
+        if isinstance(value, Override):
+            value = value.for_type(hints[key])
         setattr(obj, key, coerce(value, hints[key], f"{section}.{key}"))
     return obj
+
+
+@dataclass(frozen=True)
+class Override:
+    """A command-line value: its TOML reading, and its text for string keys (``--run.name=nan``)."""
+
+    text: str
+    value: Any
+
+    def for_type(self, kind: Any) -> Any:
+        return self.text if kind is str and not isinstance(self.value, str) else self.value
 
 
 def parse_value(text: str) -> Any:
@@ -211,7 +224,7 @@ def parse_overrides(args: list[str]) -> dict[str, dict[str, Any]]:
             raise UserError(f"cannot read argument '{arg}'; write overrides as --section.key=value")
         key, text = arg[2:].split("=", 1)
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = parse_value(text)
+        out.setdefault(section, {})[name] = Override(text, parse_value(text))
     return out
 
 
@@ -246,7 +259,8 @@ def from_dict(data: dict[str, Any]) -> Config:
             raise UserError(f"unknown config section '{section}'; did you mean '{_closest(section, SECTIONS)}'?")
         if not isinstance(values, dict):
             raise UserError(f"config section '{section}' must be a table of key = value pairs")
-        if section == "task":
+        if section == "task":  # free-form: its task validates it, so only the TOML reading is kept
+            values = {k: v.value if isinstance(v, Override) else v for k, v in values.items()}
             cfg.task = {"name": "lm", **values}
             continue
         cls = type(getattr(cfg, section))

@@ -35,6 +35,11 @@ def test_unknown_keys_name_the_closest_valid_one(arg, suggestion):
         load_config(None, [arg])
 
 
+@pytest.mark.parametrize("text", ["nan", "1e3", "true", "007"])
+def test_string_keys_keep_the_text_as_typed(text):
+    assert load_config(None, [f"--run.name={text}"]).run.name == text
+
+
 def test_malformed_argument_is_explained():
     with pytest.raises(UserError, match="--section.key=value"):
         parse_overrides(["lr=3"])
