@@ -4,8 +4,8 @@
 
 Config (the acceptance setting): 4 layers, 4 heads, 256 dims, context 256, batch 8, vocabulary 4096,
 fp32, AdamW. A step is what the trainer does per micro-batch: draw the biases, forward, backward,
-optimizer step. Variants run interleaved in rounds (a, b, c, a, b, c, ...) so that drift in the
-machine's load hits them alike, and the median over rounds is reported. Prints tokens/s per variant
+optimizer step. Variants run interleaved in rounds, the order rotated each round, so that drift in
+the machine's load and position effects hit them alike; the median over rounds is reported. Prints tokens/s per variant
 and the ratios bqbv/symmetric and SDPA/reference.
 """
 
@@ -67,9 +67,10 @@ def main() -> None:
     for name, (_, ref) in variants.items():  # warm-up
         timed_steps(*built[name], 2, 0, ref, args.device)
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     for r in range(args.rounds):
-        for name, (_, ref) in variants.items():
-            rates[name].append(timed_steps(*built[name], args.steps, (r + 1) * 100, ref, args.device))
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
+            rates[name].append(timed_steps(*built[name], args.steps, (r + 1) * 100, variants[name][1], args.device))
     med = {name: statistics.median(v) for name, v in rates.items()}
     print(
         f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
