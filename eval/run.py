@@ -31,7 +31,8 @@ def load_run(
     run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None
 ) -> LoadedRun:
     """Rebuild the run's model from its checkpoint's stored config and load the weights."""
-    from train import Context, LMTask, load_checkpoint
+    from checkpoints import load_checkpoint
+    from train import Context, LMTask
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -175,8 +175,8 @@ def load_gpt2(src: str):
 
 def import_run(src: str, out_run: str | Path) -> Path:
     """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools."""
+    from checkpoints import save_checkpoint
     from configs import from_dict, to_dict, to_toml
-    from train import save_checkpoint
 
     out = Path(out_run)
     if out.exists() and any(out.glob("ckpt_*.pt")):

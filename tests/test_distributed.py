@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
+import configs
 import optim
 import train
 from data.shards import write_shard
@@ -105,7 +107,7 @@ def losses(run_dir: Path) -> dict[tuple[int, str], float]:
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return train.load_checkpoint(train.list_checkpoints(run_dir)[-1])["model"]
+    return checkpoints.load_checkpoint(checkpoints.list_checkpoints(run_dir)[-1])["model"]
 
 
 def assert_same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
@@ -169,10 +171,10 @@ def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_good_checkpoint(tmp_
     def write_third(run_dir: Path, kill_at: int) -> None:
         run_dir.mkdir()
         for step in (1, 2):
-            train.save_checkpoint(run_dir, step, {**payload, "step": step}, keep=2)
+            checkpoints.save_checkpoint(run_dir, step, {**payload, "step": step}, keep=2)
         trace.update(armed=True, ops=0, kill_at=kill_at)
         try:
-            train.save_checkpoint(run_dir, 3, {**payload, "step": 3}, keep=2)
+            checkpoints.save_checkpoint(run_dir, 3, {**payload, "step": 3}, keep=2)
         finally:
             trace["armed"] = False
 
@@ -183,22 +185,22 @@ def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_good_checkpoint(tmp_
         run_dir = tmp_path / f"kill{kill_at}"
         with pytest.raises(Killed):
             write_third(run_dir, kill_at)
-        train.remove_partial_writes(run_dir)  # what the next start does first
-        path, state = train.latest_good_checkpoint(run_dir, warn=pytest.fail)
-        assert state["step"] in (2, 3) and path == train.checkpoint_path(run_dir, state["step"])
+        checkpoints.remove_partial_writes(run_dir)  # what the next start does first
+        path, state = checkpoints.latest_good_checkpoint(run_dir, warn=pytest.fail)
+        assert state["step"] in (2, 3) and path == checkpoints.checkpoint_path(run_dir, state["step"])
         assert not list(run_dir.glob("*.tmp"))
 
 
 def test_checkpoints_load_with_weights_only_and_without_wrapper_prefixes(data_dir, tmp_path):
     assert train.main(args(data_dir, tmp_path, "a", steps=2)) == 0
-    path = train.checkpoint_path(tmp_path / "a", 2)
+    path = checkpoints.checkpoint_path(tmp_path / "a", 2)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "config", "rng", "step"} <= raw.keys() and raw["step"] == 2
     # a torch.compile'd (or DDP-wrapped) model's state_dict carries prefixes; loading strips them
     model = torch.nn.Sequential(torch.nn.Linear(3, 3))
     compiled = torch.compile(model)
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
-    model.load_state_dict(train.strip_wrapper_prefixes(compiled.state_dict()))
+    model.load_state_dict(checkpoints.strip_wrapper_prefixes(compiled.state_dict()))
     compiled.load_state_dict({"_orig_mod." + k: v for k, v in model.state_dict().items()})
     # a checkpoint written from a compiled model resumes into the bare one (and vice versa: the trainer
     # always loads into the bare module, which the compiled wrapper shares)
@@ -210,8 +212,8 @@ def test_checkpoints_load_with_weights_only_and_without_wrapper_prefixes(data_di
 
 def test_pruning_keeps_the_newest_and_the_best(tmp_path):
     for step, val in [(1, 3.0), (2, 1.0), (3, None), (4, 2.0), (5, None)]:
-        train.save_checkpoint(tmp_path, step, {"model": {}, "val_loss": val}, keep=2)
-    assert [train.checkpoint_step(p) for p in train.list_checkpoints(tmp_path)] == [2, 4, 5]
+        checkpoints.save_checkpoint(tmp_path, step, {"model": {}, "val_loss": val}, keep=2)
+    assert [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(tmp_path)] == [2, 4, 5]
 
 
 def test_a_resumed_metrics_log_drops_lines_past_the_checkpoint_and_a_line_cut_by_a_kill(tmp_path):
@@ -236,12 +238,12 @@ def test_resume_is_exact_and_damaged_checkpoints_fall_back(opt, data_dir, tmp_pa
     assert train.main(args(data_dir, tmp_path, "ref", *extra)) == 0
     ref = tmp_path / "ref"
     want, want_params = losses(ref), final_params(ref)
-    assert [train.checkpoint_step(p) for p in train.list_checkpoints(ref)] == [4, 6, 8]
+    assert [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(ref)] == [4, 6, 8]
     capsys.readouterr()
 
     # the latest checkpoint truncated: a warning, the one before it, and the same losses from there
     shutil.copytree(ref, tmp_path / "trunc")
-    last = train.checkpoint_path(tmp_path / "trunc", 8)
+    last = checkpoints.checkpoint_path(tmp_path / "trunc", 8)
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     assert train.main(args(data_dir, tmp_path, "trunc", *extra, "--run.resume=true")) == 0
     out = capsys.readouterr().out
@@ -251,7 +253,7 @@ def test_resume_is_exact_and_damaged_checkpoints_fall_back(opt, data_dir, tmp_pa
     assert (tmp_path / "trunc" / "ckpt_00000008.pt.superseded").exists()  # set aside, not deleted
 
     # an explicit checkpoint from another run dir: the branch logs steps 0-4 from there, then its own
-    src = train.checkpoint_path(ref, 4)
+    src = checkpoints.checkpoint_path(ref, 4)
     assert train.main(args(data_dir, tmp_path, "branch", *extra, f"--run.checkpoint={src}")) == 0
     assert losses(tmp_path / "branch") == want
     assert_same_params(final_params(tmp_path / "branch"), want_params)
@@ -259,7 +261,7 @@ def test_resume_is_exact_and_damaged_checkpoints_fall_back(opt, data_dir, tmp_pa
 
     # every checkpoint damaged: a clear error, and nothing in the run dir is touched
     shutil.copytree(ref, tmp_path / "broken")
-    for p in train.list_checkpoints(tmp_path / "broken"):
+    for p in checkpoints.list_checkpoints(tmp_path / "broken"):
         corrupt(p)
     before = sorted(p.name for p in (tmp_path / "broken").iterdir())
     assert train.main(args(data_dir, tmp_path, "broken", *extra, "--run.resume=true")) == 2
@@ -281,10 +283,10 @@ def test_nonfinite_loss_stops_or_skips_and_never_overwrites_a_good_checkpoint(
     line = one_line_error(capsys.readouterr().err)
     assert "non-finite loss nan at step 5" in line and "ckpt_00000004.pt" in line
     run = tmp_path / "stop"
-    assert [train.checkpoint_step(p) for p in train.list_checkpoints(run)] == [2, 4]
+    assert [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(run)] == [2, 4]
     assert_same_params(
-        train.load_checkpoint(train.checkpoint_path(run, 4))["model"],
-        train.load_checkpoint(train.checkpoint_path(tmp_path / "ref", 4))["model"],
+        checkpoints.load_checkpoint(checkpoints.checkpoint_path(run, 4))["model"],
+        checkpoints.load_checkpoint(checkpoints.checkpoint_path(tmp_path / "ref", 4))["model"],
     )
     assert max(step for step, _ in losses(run)) == 4
     monkeypatch.delenv(train.FAULT_ENV)
@@ -325,7 +327,8 @@ def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     changed = ["--run.resume=true", "--optim.lr=0.1", "--model.n_embd=64", "--train.grad_accum=2"]
     assert train.main(args(data_dir, tmp_path, "a", *changed, steps=4)) == 2
     line = one_line_error(capsys.readouterr().err)
-    assert "optim.lr: 0.003 -> 0.1" in line and "model.n_embd: 32 -> 64" in line
+    lr = configs.load_config().optim.lr  # the run kept the default config's learning rate
+    assert f"optim.lr: {lr} -> 0.1" in line and "model.n_embd: 32 -> 64" in line
     assert train.main(args(data_dir, tmp_path, "a", "--run.resume=true", "--train.grad_accum=2", steps=4)) == 2
     assert "grad_accum x processes = 1x1" in one_line_error(capsys.readouterr().err)
     missing = tmp_path / "nope.pt"
@@ -428,7 +431,7 @@ def test_single_process_killed_or_preempted_resumes_exactly(sig, data_dir, singl
     else:  # the step finished, a checkpoint at it, a documented exit code, and no traceback
         assert proc.returncode == train.PREEMPTED_EXIT, out
         assert f"stopped by {sig}" in out and "Traceback" not in out
-        stopped_at = train.checkpoint_step(train.list_checkpoints(tmp_path / "run")[-1])
+        stopped_at = checkpoints.checkpoint_step(checkpoints.list_checkpoints(tmp_path / "run")[-1])
         assert max(step for step, _ in losses(tmp_path / "run")) == stopped_at
     assert train.main([*run_args, "--run.resume=true"]) == 0
     assert losses(tmp_path / "run") == losses(single_reference)
@@ -454,7 +457,7 @@ def ddp(data_dir, tmp_path_factory) -> dict:
     assert len(rank1) == 1
     os.kill(rank1[0], signal.SIGTERM)
     result["term_out"] = proc.communicate(timeout=120)[0]
-    result["term_ckpt"] = train.checkpoint_step(train.list_checkpoints(root / "term")[-1])
+    result["term_ckpt"] = checkpoints.checkpoint_step(checkpoints.list_checkpoints(root / "term")[-1])
     result["term_steps"] = max(step for step, _ in losses(root / "term"))
 
     proc = launch(torchrun("train.py", *args(data_dir, root, "kill", *extra, steps=KILL_STEPS)))
@@ -537,7 +540,7 @@ def test_sigkilled_two_process_run_resumes_in_one_process_with_accumulation_two(
 def test_nan_on_one_rank_stops_every_rank_and_a_desync_is_caught(ddp):
     root = ddp["root"]
     assert [codes["nan-stop"] for codes in ddp["codes"]] == [train.NONFINITE_EXIT] * 2
-    assert [train.checkpoint_step(p) for p in train.list_checkpoints(root / "nan-stop")] == [2]
-    train.load_checkpoint(train.checkpoint_path(root / "nan-stop", 2))  # verifies its sha256
+    assert [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(root / "nan-stop")] == [2]
+    checkpoints.load_checkpoint(checkpoints.checkpoint_path(root / "nan-stop", 2))  # verifies its sha256
     assert [codes["desync"] for codes in ddp["codes"]] == [train.DESYNC_EXIT] * 2
     assert "parameters differ across ranks after step 2" in ddp["driver_out"]

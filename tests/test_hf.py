@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from checkpoints import load_checkpoint
 from model import GPT, GPTConfig
 from model.hf import export, from_gpt2, main
-from train import load_checkpoint
 
 V = 100  # not a multiple of 64: the padded rows must be dropped on export and added on import
 
