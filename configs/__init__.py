@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import sys
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,20 @@ DEFAULT_CONFIG = CONFIG_DIR / "quickstart.toml"
 
 class UserError(Exception):
     """A problem the user can fix: reported as one line, exit code 2, no traceback."""
+
+
+def command(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a command-line tool's main: a UserError becomes ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configs import UserError
+from configs import UserError, command
 
 FUNCTION_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that "
@@ -277,6 +277,7 @@ def format_summary(summary: dict[str, Any], n_tokens: int = 5) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Alignment of token keys with the query-bias direction, per head.")
     p.add_argument("run_dir")
@@ -289,30 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    try:
-        from eval.run import load_run
+    from eval.run import load_run
 
-        run = load_run(args.run_dir, args.device, args.checkpoint)
-        model = run.model
-        direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")
-        V = model.config.vocab_size
-        k = min(args.k, max(1, V // 10))
-        counts = train_token_counts(run.config, V, args.freq_tokens)
-        positions = spaced_positions(model.config.block_size, args.positions)
-        summary, cos, classes = analyse(model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True)
-        summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
-        if counts is None:
-            summary["note"] = "training split not found: no frequency bands"
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "alignment.json").write_text(json.dumps(summary, indent=2))
-        np.save(out / "cosines.npy", cos.mean(dim=-1).numpy())
-        plot(out, summary, cos, classes)
-        print(format_summary(summary))
-        print(f"wrote {out}/alignment.json, cosines.npy, heatmap_layer*.png, enrichment.png")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.run_dir, args.device, args.checkpoint)
+    model = run.model
+    direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")
+    V = model.config.vocab_size
+    k = min(args.k, max(1, V // 10))
+    counts = train_token_counts(run.config, V, args.freq_tokens)
+    positions = spaced_positions(model.config.block_size, args.positions)
+    summary, cos, classes = analyse(model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True)
+    summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
+    if counts is None:
+        summary["note"] = "training split not found: no frequency bands"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "alignment.json").write_text(json.dumps(summary, indent=2))
+    np.save(out / "cosines.npy", cos.mean(dim=-1).numpy())
+    plot(out, summary, cos, classes)
+    print(format_summary(summary))
+    print(f"wrote {out}/alignment.json, cosines.npy, heatmap_layer*.png, enrichment.png")
     return 0
 
 

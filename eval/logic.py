@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from configs import UserError
+from configs import UserError, command
 
 ANSWER_CATEGORIES = ("numeric", "alphabetic", "near", "far", "inference", "copying")
 PAIR_CATEGORIES = ("negation", "syntax")
@@ -418,6 +418,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the logic-puzzle suite on a trained run (mean biases by default).")
     p.add_argument("run_dir")
@@ -429,30 +430,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    try:
-        from eval.run import load_run
+    from eval.run import load_run
 
-        run = load_run(args.run_dir, args.device, args.checkpoint)
-        results = evaluate_suite(
-            run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size, progress=True
-        )
-        default = "logic_nobias.json" if args.no_bias else "logic.json"  # eval.report reads logic.json
-        out = Path(args.out) if args.out else run.run_dir / default
-        meta = {
-            "run_dir": str(run.run_dir),
-            "checkpoint": str(run.checkpoint),
-            "n": args.n,
-            "seed": args.seed,
-            "biases": "none" if args.no_bias else "mean",
-            "tokenizer": run.tokenizer.name,
-        }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "categories": results, "summary": flat_summary(results)}, indent=2))
-        print(format_table(results))
-        print(f"wrote {out}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.run_dir, args.device, args.checkpoint)
+    results = evaluate_suite(
+        run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size, progress=True
+    )
+    default = "logic_nobias.json" if args.no_bias else "logic.json"  # eval.report reads logic.json
+    out = Path(args.out) if args.out else run.run_dir / default
+    meta = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "n": args.n,
+        "seed": args.seed,
+        "biases": "none" if args.no_bias else "mean",
+        "tokenizer": run.tokenizer.name,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "categories": results, "summary": flat_summary(results)}, indent=2))
+    print(format_table(results))
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from configs import UserError
+from configs import UserError, command
 from eval.logic import ANSWER_CATEGORIES, PAIR_CATEGORIES
 
 
@@ -207,18 +207,15 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     return path
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Table and plots comparing runs (optimizer x mode x seed).")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="folder for report.md and the PNGs")
     args = p.parse_args(argv)
-    try:
-        path = build_report(args.run_dirs, args.out)
-        print(path.read_text().split("\n\n")[1])
-        print(f"wrote {path} and its plots")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = build_report(args.run_dirs, args.out)
+    print(path.read_text().split("\n\n")[1])
+    print(f"wrote {path} and its plots")
     return 0
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs import UserError
+from configs import command
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate text from a trained run (mean biases, as at evaluation).")
     p.add_argument("run_dir")
@@ -22,26 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    try:
-        from eval.run import load_run
-        from train import sample_text
+    from eval.run import load_run
+    from train import sample_text
 
-        run = load_run(args.run_dir, args.device)
-        for i in range(args.samples):
-            text = sample_text(
-                run.model,
-                run.tokenizer,
-                args.prompt,
-                args.tokens,
-                args.temperature,
-                args.top_k or None,
-                seed=args.seed + i,
-                device=args.device,
-            )
-            print(text if args.samples == 1 else f"--- sample {i + 1}\n{text}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.run_dir, args.device)
+    for i in range(args.samples):
+        text = sample_text(
+            run.model,
+            run.tokenizer,
+            args.prompt,
+            args.tokens,
+            args.temperature,
+            args.top_k or None,
+            seed=args.seed + i,
+            device=args.device,
+        )
+        print(text if args.samples == 1 else f"--- sample {i + 1}\n{text}")
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from configs import UserError
+from configs import UserError, command
 
 DEFAULT_TOKENS = 10 * 1024 * 1024  # 10,485,760: the budget used for the 124M runs
 
@@ -42,6 +42,7 @@ def validation_loss(run: Any, tokens: int = DEFAULT_TOKENS, batch_size: int = 0,
     return {**task.evaluate(run.model), "tokens": windows * span, "whole_split": windows == task.val.per_epoch}
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Deterministic validation loss of a run on a fixed token budget.")
     p.add_argument("run_dir")
@@ -51,19 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     args = p.parse_args(argv)
-    try:
-        from eval.run import load_run
+    from eval.run import load_run
 
-        run = load_run(args.run_dir, args.device, args.checkpoint)
-        out = validation_loss(run, args.tokens, args.batch_size, args.device)
-        if args.json:
-            print(json.dumps({"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **out}))
-        else:
-            note = f" (the whole validation split; {args.tokens:,} requested)" if out["whole_split"] else ""
-            print(f"{run.checkpoint}: val_loss {out['val_loss']:.4f} on {out['tokens']:,} tokens{note}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.run_dir, args.device, args.checkpoint)
+    out = validation_loss(run, args.tokens, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps({"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **out}))
+    else:
+        note = f" (the whole validation split; {args.tokens:,} requested)" if out["whole_split"] else ""
+        print(f"{run.checkpoint}: val_loss {out['val_loss']:.4f} on {out['tokens']:,} tokens{note}")
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from configs import UserError
+from configs import UserError, command
 from model.gpt import GPT, GPTConfig
 
 MODELING_FILE = Path(__file__).with_name("hf_modeling.py")
@@ -204,6 +204,7 @@ def import_run(src: str, out_run: str | Path) -> Path:
     return save_checkpoint(out, 0, payload, keep=1)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Export a run to Hugging Face format, or import GPT-2 weights.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,25 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("src", help="a local GPT-2 folder (save_pretrained), or a hub name such as gpt2 when online")
     i.add_argument("out_run")
     args = p.parse_args(argv)
-    try:
-        if args.command == "export":
-            from eval.run import load_run
+    if args.command == "export":
+        from eval.run import load_run
 
-            run = load_run(args.run_dir, "cpu", args.checkpoint)
-            kind = export(run.model, args.out_dir, run.tokenizer.eot, args.custom)
-            (Path(args.out_dir) / "symbreak.json").write_text(
-                json.dumps(
-                    {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
-                )
+        run = load_run(args.run_dir, "cpu", args.checkpoint)
+        kind = export(run.model, args.out_dir, run.tokenizer.eot, args.custom)
+        (Path(args.out_dir) / "symbreak.json").write_text(
+            json.dumps(
+                {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
             )
-            how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
-            print(f"exported {run.checkpoint} to {args.out_dir} ({how})")
-        else:
-            path = import_run(args.src, args.out_run)
-            print(f"imported {args.src} into {path}")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        )
+        how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
+        print(f"exported {run.checkpoint} to {args.out_dir} ({how})")
+    else:
+        path = import_run(args.src, args.out_run)
+        print(f"imported {args.src} into {path}")
     return 0
 
 
