@@ -266,6 +266,49 @@ def build_task(cfg: Config, ctx: Context) -> Task:
     return getattr(importlib.import_module(module), cls)(cfg, ctx)
 
 
+def build_gpt(cfg: Config, tokenizer_vocab: int) -> nn.Module:
+    """The GPT that ``cfg.model`` and ``cfg.symmetry`` describe, for a tokenizer of ``tokenizer_vocab`` ids."""
+    from model import GPT, PRESETS, GPTConfig
+
+    m, s = cfg.model, cfg.symmetry
+    n_layer, n_head, n_embd = m.n_layer, m.n_head, m.n_embd
+    if m.preset:
+        if m.preset not in PRESETS:
+            raise UserError(f"unknown model.preset '{m.preset}'; use one of: {', '.join(PRESETS)}")
+        n_layer, n_head, n_embd = PRESETS[m.preset]
+    vocab = m.vocab_size or tokenizer_vocab
+    if vocab < tokenizer_vocab:
+        raise UserError(
+            f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer_vocab}; raise it or set 0"
+        )
+    try:
+        gcfg = GPTConfig(
+            vocab_size=vocab,
+            block_size=m.block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            mlp=m.mlp,
+            prelu_mean=m.prelu_mean,
+            prelu_std=m.prelu_std,
+            bias=m.bias,
+            dropout=m.dropout,
+            mode=s.mode,
+            q_mean=s.q_mean,
+            q_std_min=s.q_std_min,
+            q_std_max=s.q_std_max,
+            v_mean=s.v_mean,
+            v_std=s.v_std,
+            k_bias=s.k_bias,
+            k_mean=s.k_mean,
+            k_std=s.k_std,
+            per_head=s.per_head,
+        )
+    except ValueError as e:
+        raise UserError(f"invalid model/symmetry config: {e}") from None
+    return GPT(gcfg)
+
+
 class LMTask(Task):
     """Next-token prediction on token shards with the symmetry-broken GPT."""
 
@@ -274,10 +317,12 @@ class LMTask(Task):
         if set(cfg.task) - {"name"}:
             extra = sorted(set(cfg.task) - {"name"})[0]
             raise UserError(f"unknown config key 'task.{extra}' for the lm task; remove it")
-        from data.dataset import open_dataset
+        from data.dataset import TOKENIZER_DIR, open_dataset
 
         self.data = open_dataset(cfg.data, ctx)
         self.tokenizer = self.data.tokenizer
+        if ctx.is_main:  # so that evaluation tools can read the run without its data
+            self.data.save_tokenizer(ctx.run_dir / TOKENIZER_DIR)
         m = cfg.model
         self.block_size = m.block_size
         self.train = self.data.stream("train", cfg.train.batch_size, m.block_size, cfg.run.seed)
@@ -285,46 +330,7 @@ class LMTask(Task):
         self.val = self.data.stream("val", eval_bs, m.block_size, cfg.run.seed, shuffle=False)
 
     def build_model(self) -> nn.Module:
-        from model import GPT, PRESETS, GPTConfig
-
-        m, s = self.cfg.model, self.cfg.symmetry
-        n_layer, n_head, n_embd = m.n_layer, m.n_head, m.n_embd
-        if m.preset:
-            if m.preset not in PRESETS:
-                raise UserError(f"unknown model.preset '{m.preset}'; use one of: {', '.join(PRESETS)}")
-            n_layer, n_head, n_embd = PRESETS[m.preset]
-        vocab = m.vocab_size or self.tokenizer.vocab_size
-        if vocab < self.tokenizer.vocab_size:
-            raise UserError(
-                f"model.vocab_size {vocab} is smaller than the tokenizer's "
-                f"{self.tokenizer.vocab_size}; raise it or set 0"
-            )
-        try:
-            gcfg = GPTConfig(
-                vocab_size=vocab,
-                block_size=m.block_size,
-                n_layer=n_layer,
-                n_head=n_head,
-                n_embd=n_embd,
-                mlp=m.mlp,
-                prelu_mean=m.prelu_mean,
-                prelu_std=m.prelu_std,
-                bias=m.bias,
-                dropout=m.dropout,
-                mode=s.mode,
-                q_mean=s.q_mean,
-                q_std_min=s.q_std_min,
-                q_std_max=s.q_std_max,
-                v_mean=s.v_mean,
-                v_std=s.v_std,
-                k_bias=s.k_bias,
-                k_mean=s.k_mean,
-                k_std=s.k_std,
-                per_head=s.per_head,
-            )
-        except ValueError as e:
-            raise UserError(f"invalid model/symmetry config: {e}") from None
-        self.model = GPT(gcfg)
+        self.model = build_gpt(self.cfg, self.tokenizer.vocab_size)
         return self.model
 
     def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:

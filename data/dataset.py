@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from configs import DataConfig, UserError
 from data.loader import TokenStream
 from data.shards import find_shards
 from data.tokenizer import GPT2_VOCAB, Tokenizer, get_tokenizer
+
+TOKENIZER_DIR = "tokenizer"  # a run dir's copy of its dataset's meta.json and tokenizer file
 
 
 @dataclass
@@ -25,6 +28,14 @@ class Dataset:
             return TokenStream(files, batch_size, block_size, seed, shuffle, vocab_size=self.meta["vocab_size"])
         except ValueError as e:
             raise UserError(f"{split} split of '{self.folder}': {e}") from None
+
+    def save_tokenizer(self, dest: Path) -> None:
+        """Copy what ``load_tokenizer`` needs (meta.json and a trained tokenizer's file) into ``dest``."""
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        file = self.meta.get("tokenizer_file")
+        if file:
+            shutil.copyfile(self.folder / file, dest / file)
 
 
 def load_meta(folder: Path) -> dict[str, Any]:

@@ -177,6 +177,8 @@ def import_run(src: str, out_run: str | Path) -> Path:
     """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools."""
     from checkpoints import save_checkpoint
     from configs import from_dict, to_dict, to_toml
+    from data.dataset import TOKENIZER_DIR
+    from data.tokenizer import GPT2_VOCAB
 
     out = Path(out_run)
     if out.exists() and any(out.glob("ckpt_*.pt")):
@@ -200,6 +202,9 @@ def import_run(src: str, out_run: str | Path) -> Path:
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(to_dict(cfg)))
+    tok_dir = out / TOKENIZER_DIR  # the eval tools read a run's tokenizer from here
+    tok_dir.mkdir(exist_ok=True)
+    (tok_dir / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}) + "\n")
     payload = {"model": model.state_dict(), "config": to_dict(cfg), "step": 0, "tokens": 0, "source": str(src)}
     return save_checkpoint(out, 0, payload, keep=1)
 

@@ -320,7 +320,7 @@ def test_fewer_host_syncs_change_nothing_but_the_syncs(opt, data_dir, tmp_path):
 def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     assert train.main(args(data_dir, tmp_path, "a", steps=2)) == 0
     capsys.readouterr()
-    saved = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    saved = {str(p): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
 
     assert train.main(args(data_dir, tmp_path, "a", steps=2)) == 2
     assert "already holds a run" in one_line_error(capsys.readouterr().err)
@@ -338,7 +338,7 @@ def test_user_errors_are_one_line_and_keep_the_run(data_dir, tmp_path, capsys):
     torch.save({"model": final_params(tmp_path / "a"), "config": {}}, weights)
     assert train.main(args(data_dir, tmp_path, "a", f"--run.checkpoint={weights}", steps=4)) == 2
     assert "no training state" in one_line_error(capsys.readouterr().err)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == saved
+    assert {str(p): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == saved
 
     assert train.main(args(data_dir, tmp_path, "a", "--run.overwrite=true", steps=2)) == 0
     # a finished run asked to resume has nothing to do and changes nothing

@@ -50,3 +50,20 @@ def test_every_mode_and_base_optimizer_trains(tmp_path, mode, optim):
 def test_sample_is_written_to_the_summary(tmp_path):
     summary = run(tmp_path, "s", "--train.max_steps=2", "--eval.sample_tokens=20", "--model.n_layer=1")
     assert isinstance(summary["sample"], str) and summary["sample"].startswith("The ")
+
+
+def test_a_run_dir_is_readable_without_its_data(tmp_path):
+    import shutil
+
+    from configs import DataConfig
+    from data.dataset import resolve_folder
+    from eval.run import load_run
+    from train import sample_text
+
+    data = tmp_path / "data"
+    shutil.copytree(resolve_folder(DataConfig()), data)
+    run(tmp_path, "moved", "--train.max_steps=2", "--model.n_layer=1", f"--data.path={data}")
+    shutil.rmtree(data)
+    loaded = load_run(tmp_path / "moved")
+    assert loaded.tokenizer.name == "byte" and loaded.model.config.vocab_size == 257
+    assert sample_text(loaded.model, loaded.tokenizer, "The ", 5).startswith("The ")
