@@ -29,6 +29,7 @@ def main() -> None:
         codes[name] = train.main(scenario["argv"])
     Path(sys.argv[2], f"codes_rank{os.environ['RANK']}.json").write_text(json.dumps(codes))
     dist.destroy_process_group()
+    train.exit_process(0)  # as train.py ends a distributed run, for the reason given there
 
 
 if __name__ == "__main__":
