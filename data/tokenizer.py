@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class Tokenizer:
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
     encode_array: Callable[[str], np.ndarray]  # the same ids as ``encode``, without a Python list
+    backend: Any = None  # gpt2: the tiktoken Encoding; bpe: the tokenizers.Tokenizer (for Hugging Face export)
 
 
 def byte_tokenizer() -> Tokenizer:
@@ -102,6 +104,7 @@ def gpt2_tokenizer(bpe_file: str | Path | None = None) -> Tokenizer:
         decode=lambda ids: enc.decode([i for i in ids if i < enc.eot_token]),
         # No special token is allowed, so this is encode_ordinary without building a list of ints.
         encode_array=lambda s: enc.encode_to_numpy(s, allowed_special=set(), disallowed_special=()),
+        backend=enc,
     )
 
 
@@ -124,6 +127,7 @@ def bpe_tokenizer(path: str | Path) -> Tokenizer:
         encode=lambda s: tok.encode(s, add_special_tokens=False).ids,
         decode=lambda ids: tok.decode([i for i in ids if i < eot]),
         encode_array=lambda s: np.array(tok.encode(s, add_special_tokens=False).ids, dtype=np.uint32),
+        backend=tok,
     )
 
 

@@ -1,6 +1,6 @@
 """Hugging Face interop: export a run to a ``save_pretrained`` folder, import stock GPT-2 weights.
 
-    python -m model.hf export RUN_DIR OUT_DIR [--custom]   # safetensors + config (+ modelling code)
+    python -m model.hf export RUN_DIR OUT_DIR [--custom]   # safetensors, config, tokenizer (+ modelling code)
     python -m model.hf import SRC OUT_RUN                  # SRC: a local GPT-2 folder or a hub name
 
 Export folds the mean attention biases into the projection bias first (exact, see
@@ -223,17 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("out_run")
     args = p.parse_args(argv)
     if args.command == "export":
+        from data.hf_tokenizer import to_hf
         from eval.run import load_run
 
         run = load_run(args.run_dir, "cpu", args.checkpoint)
         kind = export(run.model, args.out_dir, run.tokenizer.eot, args.custom)
+        to_hf(run.tokenizer, run.model.config.block_size).save_pretrained(args.out_dir)
         (Path(args.out_dir) / "symbreak.json").write_text(
             json.dumps(
                 {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
             )
         )
         how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
-        print(f"exported {run.checkpoint} to {args.out_dir} ({how})")
+        print(f"exported {run.checkpoint} with its {run.tokenizer.name} tokenizer to {args.out_dir} ({how})")
     else:
         path = import_run(args.src, args.out_run)
         print(f"imported {args.src} into {path}")

@@ -80,15 +80,19 @@ def test_alignment_cli_writes_json_array_and_heatmaps(run_dir, tmp_path):
     assert (out / "heatmap_layer0.png").stat().st_size > 5000 and (out / "enrichment.png").exists()
 
 
-def test_export_cli_gives_the_runs_logits(run_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_export_cli_gives_the_runs_logits_and_tokenizer(run_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert hf.main(["export", str(run_dir), str(tmp_path / "hf")]) == 0
-    model = load_run(run_dir).model
+    run = load_run(run_dir)
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    text = "Return the list's héllo, 12 items.\n"
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    assert tok(text)["input_ids"] == run.tokenizer.encode(text) and tok.eos_token_id == run.tokenizer.eot
+    assert tok.model_max_length == run.model.config.block_size
     idx = torch.randint(0, 257, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(theirs(idx).logits, model(idx)[0][..., :257], atol=1e-4, rtol=0)
+        torch.testing.assert_close(theirs(idx).logits, run.model(idx)[0][..., :257], atol=1e-4, rtol=0)
 
 
 def test_user_errors_end_with_one_line(tmp_path, capsys):
