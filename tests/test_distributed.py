@@ -524,6 +524,18 @@ def test_two_processes_match_one_process_with_accumulation_two(opt, ddp, data_di
     assert_same_params(final_params(tmp_path / "w1"), final_params(root / f"ref-{opt}"), atol=1e-5)
 
 
+def test_accelerate_launch_trains_like_torchrun(ddp, data_dir, tmp_path):
+    """accelerate's multi-GPU launcher runs torchrun underneath; on CPUs the trainer takes gloo as it does."""
+    if importlib.util.find_spec("accelerate") is None:
+        pytest.skip("accelerate is not installed (pip install accelerate)")
+    launcher = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu"]
+    launcher += ["--num_processes=2", "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "train.py"]
+    cmd = [*launcher, *args(data_dir, tmp_path, "accel", *ddp["extra"], steps=KILL_STEPS)]
+    out = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "2 process(es) on cpu" in out.stdout, out.stdout + out.stderr
+    assert losses(tmp_path / "accel") == losses(ddp["root"] / "ref-adamw")
+
+
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_and_resumes_exactly(ddp):
     root = ddp["root"]
     assert ddp["term_ckpt"] == ddp["term_steps"], ddp["term_out"]  # the checkpoint is at the last logged step
