@@ -104,6 +104,7 @@ class OptimConfig:
     precondition_frequency: int = 10
     max_precond_dim: int = 10000
     shampoo_beta: float = -1.0  # <0: use betas[1]
+    spread_refresh: bool = True  # DDP: each rank refreshes a share of the eigenbases and broadcasts them
     # ECD
     eta: float = 100.0
     f0: float = 2.0

@@ -14,8 +14,13 @@ estimated eigenvalues diag(Qᵀ L Q), descending, V's axis permuted along with t
 exactly into the new basis; V is carried over. The Gram matrices take the current gradient after the
 Adam step, so a projection never contains the gradient it projects (except on the first step).
 1-D parameters have no sides: plain AdamW with the same conventions as ``torch.optim.AdamW``.
-All state is fp32 (fp64 for fp64 parameters), whatever the autocast dtype. Every rank computes the
-same refresh from the same all-reduced gradients, so DDP replicas stay identical.
+All state is fp32 (fp64 for fp64 parameters), whatever the autocast dtype.
+
+Under DDP every rank holds the same all-reduced gradients, hence the same Gram matrices. With
+``spread_refresh`` the eigendecompositions and refreshes, SOAP's one expensive part, are shared out:
+each parameter's goes to one rank (balanced by the cubed side sizes), which broadcasts the bases and
+moments it changed. The owner runs the very operations a single process would, so the result is
+bit-identical to a single-process run and to every rank computing everything itself.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import math
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 
 from configs import OptimConfig, UserError
+
+SIDES = ("left", "right")
 
 
 def _matrix(t: torch.Tensor) -> torch.Tensor:
@@ -56,7 +64,28 @@ def _eigenbasis(gram: torch.Tensor) -> torch.Tensor:
         except torch.linalg.LinAlgError:  # ill-conditioned in fp32: fp64 converges
             _, vecs = torch.linalg.eigh(gram.double())
             vecs = vecs.to(gram.dtype)
-    return vecs.flip(1)
+    # row-major whatever LAPACK returned: a broadcast needs it, and every rank's later matmuls then
+    # see the same memory layout (a layout can change a BLAS kernel's rounding)
+    return vecs.flip(1).contiguous()
+
+
+def balance(costs: list[float], world: int) -> list[int]:
+    """An owner rank for each job: the costliest first, each to the least loaded rank (lowest on ties)."""
+    load, owner = [0.0] * world, [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        owner[i] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[i]] += costs[i]
+    return owner
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _has_sides(state: dict) -> bool:
+    return any(f"gram_{side}" in state for side in SIDES)
 
 
 class SOAP(torch.optim.Optimizer):
@@ -70,6 +99,7 @@ class SOAP(torch.optim.Optimizer):
         precondition_frequency: int = 10,
         max_precond_dim: int = 10000,
         shampoo_beta: float = -1.0,
+        spread_refresh: bool = True,
     ):
         if precondition_frequency < 1:
             raise UserError(f"optim.precondition_frequency must be >= 1, got {precondition_frequency}")
@@ -85,6 +115,7 @@ class SOAP(torch.optim.Optimizer):
             shampoo_beta=shampoo_beta,
         )
         super().__init__(params, defaults)
+        self.spread_refresh = spread_refresh
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
@@ -125,7 +156,7 @@ class SOAP(torch.optim.Optimizer):
     @staticmethod
     def _refresh(state: dict) -> None:
         """One power iteration and QR per side; M̃ is rotated into the new basis, V follows the order."""
-        for axis, side in ((0, "left"), (1, "right")):
+        for axis, side in enumerate(SIDES):
             if f"q_{side}" not in state:
                 continue
             q_old = state[f"q_{side}"]
@@ -133,10 +164,39 @@ class SOAP(torch.optim.Optimizer):
             order = torch.argsort((q_old * power).sum(0), descending=True)
             state["exp_avg_sq"] = state["exp_avg_sq"].index_select(axis, order)
             with _one_cpu_thread(power):
-                q_new = torch.linalg.qr(power[:, order]).Q
+                q_new = torch.linalg.qr(power[:, order]).Q.contiguous()  # see _eigenbasis
             turn = q_new.T @ q_old  # old eigenbasis coordinates -> new ones
             state["exp_avg"] = turn @ state["exp_avg"] if axis == 0 else state["exp_avg"] @ turn.T
             state[f"q_{side}"] = q_new
+
+    @staticmethod
+    def _first_basis(state: dict) -> None:
+        for side in SIDES:
+            if f"gram_{side}" in state:
+                state[f"q_{side}"] = _eigenbasis(state[f"gram_{side}"])
+
+    def _spread(self, states: list[dict], work) -> None:
+        """``work`` on every state: here, or shared out across DDP ranks and broadcast back."""
+        world, rank = _world()
+        if world == 1 or not self.spread_refresh:
+            for s in states:
+                work(s)
+            return
+        costs = [sum(s[f"gram_{x}"].shape[0] ** 3 for x in SIDES if f"gram_{x}" in s) for s in states]
+        owners = balance(costs, world)
+        for s, owner in zip(states, owners):
+            if owner == rank:
+                work(s)
+        pending = []
+        for s, owner in zip(states, owners):
+            for side in SIDES:
+                if f"gram_{side}" in s and f"q_{side}" not in s:  # a first basis computed elsewhere
+                    s[f"q_{side}"] = torch.empty_like(s[f"gram_{side}"])
+            for key in ("q_left", "q_right", "exp_avg", "exp_avg_sq"):
+                if key in s:
+                    pending.append(dist.broadcast(s[key], src=owner, async_op=True))
+        for handle in pending:
+            handle.wait()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -154,11 +214,9 @@ class SOAP(torch.optim.Optimizer):
             grads = [_matrix(p.grad).to(s["exp_avg"].dtype) for p, s in zip(params, states)]
             for s, g in zip(states, grads):
                 s["step"] += 1
-                if s["step"] == 1 and ("gram_left" in s or "gram_right" in s):
+                if s["step"] == 1:
                     self._grams(s, g, shampoo_beta)
-                    for side in ("left", "right"):
-                        if f"gram_{side}" in s:
-                            s[f"q_{side}"] = _eigenbasis(s[f"gram_{side}"])
+            self._spread([s for s in states if s["step"] == 1 and _has_sides(s)], self._first_basis)
             projected = [self._project(s, g) for s, g in zip(states, grads)]
             exp_avg = [s["exp_avg"] for s in states]
             exp_avg_sq = [s["exp_avg_sq"] for s in states]
@@ -178,8 +236,8 @@ class SOAP(torch.optim.Optimizer):
             for s, g in zip(states, grads):
                 if s["step"] > 1:
                     self._grams(s, g, shampoo_beta)
-                if s["step"] % group["precondition_frequency"] == 0:
-                    self._refresh(s)
+            due = [s for s in states if s["step"] % group["precondition_frequency"] == 0 and _has_sides(s)]
+            self._spread(due, self._refresh)
         return loss
 
 
@@ -193,4 +251,5 @@ def build(param_groups: list[dict], cfg: OptimConfig) -> SOAP:
         precondition_frequency=cfg.precondition_frequency,
         max_precond_dim=cfg.max_precond_dim,
         shampoo_beta=cfg.shampoo_beta,
+        spread_refresh=cfg.spread_refresh,
     )

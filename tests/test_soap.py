@@ -1,11 +1,18 @@
 """SOAP against a float64 transcription of the algorithm, and its contracts."""
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from soap_spread_driver import run as run_spread_driver
 
-from optim.soap import SOAP
+from optim.soap import SOAP, balance
+
+SPREAD_DRIVER = Path(__file__).with_name("soap_spread_driver.py")
 
 # eps: on the first step the projected gradient Q_Lᵀ G Q_R is diagonal (an SVD), so its off-diagonal
 # entries are pure roundoff, which Adam's G̃/(|G̃| + eps) amplifies by up to 1/eps; with eps = 1e-8 the two
@@ -169,3 +176,32 @@ def test_group_lr_scales_the_step():
         train(model, opt, 1)
         moves.append(torch.cat([(p - b).reshape(-1) for p, b in zip(model.parameters(), before)]))
     assert torch.allclose(moves[1], 0.5 * moves[0], rtol=1e-12, atol=0)
+
+
+def test_balance_gives_the_costliest_jobs_first_to_the_least_loaded_rank():
+    assert balance([1, 8, 8, 27, 1], 2) == [1, 1, 1, 0, 1]  # 27 -> 0; then rank 1 stays lighter: 8, 16, 17, 18
+    assert balance([4, 3, 3, 2], 2) == [0, 1, 1, 0]  # 4 -> 0, 3 -> 1, 3 -> 1 (3 < 4), 2 -> 0 (4 < 6)
+    assert balance([5, 5, 5], 1) == [0, 0, 0] and balance([], 4) == []
+
+
+def test_a_refresh_spread_over_two_ranks_equals_one_process_and_is_shared(tmp_path):
+    """Each rank computes its share of the eigenbases; after the broadcasts both hold exactly the
+    parameters of one process computing everything, and of ranks that each computed everything."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd += [str(SPREAD_DRIVER), str(tmp_path)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the ranks: a thread count can change a kernel's rounding
+    try:
+        alone, calls = run_spread_driver(spread=True)
+    finally:
+        torch.set_num_threads(threads)
+    for rank in ranks:
+        for key in ("spread", "every"):
+            assert all(torch.equal(a, b) for a, b in zip(rank[key], alone)), key
+        assert rank["every_calls"] == calls
+    shares = [rank["spread_calls"] for rank in ranks]
+    assert sum(shares) == calls and min(shares) > 0, shares
