@@ -40,8 +40,8 @@ def main() -> None:
         model = gpt(args.width)
         fill_grads(model)
         params = [q for q in model.parameters() if q.dim() >= 2]
-        opt = SOAP(params, lr=3e-4, precondition_frequency=1, max_precond_dim=10000 * args.width // 768)
-        opt.spread_refresh = spread
+        max_dim = 10000 * args.width // 768
+        opt = SOAP(params, lr=3e-4, precondition_frequency=1, max_precond_dim=max_dim, spread_refresh=spread)
         opt.step()  # the first bases (eigh), not timed
         runs["spread" if spread else "every rank"] = opt
     times: dict[str, list[float]] = {name: [] for name in runs}

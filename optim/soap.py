@@ -35,6 +35,7 @@ import torch.distributed as dist
 from configs import OptimConfig, UserError
 
 SIDES = ("left", "right")
+BASES = tuple(f"q_{side}" for side in SIDES)
 
 
 def _matrix(t: torch.Tensor) -> torch.Tensor:
@@ -175,8 +176,9 @@ class SOAP(torch.optim.Optimizer):
             if f"gram_{side}" in state:
                 state[f"q_{side}"] = _eigenbasis(state[f"gram_{side}"])
 
-    def _spread(self, states: list[dict], work) -> None:
-        """``work`` on every state: here, or shared out across DDP ranks and broadcast back."""
+    def _spread(self, states: list[dict], work, changes: tuple[str, ...]) -> None:
+        """``work`` on every state: here, or shared out across DDP ranks, each owner broadcasting the
+        state entries named in ``changes``."""
         world, rank = _world()
         if world == 1 or not self.spread_refresh:
             for s in states:
@@ -192,7 +194,7 @@ class SOAP(torch.optim.Optimizer):
             for side in SIDES:
                 if f"gram_{side}" in s and f"q_{side}" not in s:  # a first basis computed elsewhere
                     s[f"q_{side}"] = torch.empty_like(s[f"gram_{side}"])
-            for key in ("q_left", "q_right", "exp_avg", "exp_avg_sq"):
+            for key in changes:
                 if key in s:
                     pending.append(dist.broadcast(s[key], src=owner, async_op=True))
         for handle in pending:
@@ -216,7 +218,8 @@ class SOAP(torch.optim.Optimizer):
                 s["step"] += 1
                 if s["step"] == 1:
                     self._grams(s, g, shampoo_beta)
-            self._spread([s for s in states if s["step"] == 1 and _has_sides(s)], self._first_basis)
+            first = [s for s in states if s["step"] == 1 and _has_sides(s)]
+            self._spread(first, self._first_basis, BASES)
             projected = [self._project(s, g) for s, g in zip(states, grads)]
             exp_avg = [s["exp_avg"] for s in states]
             exp_avg_sq = [s["exp_avg_sq"] for s in states]
@@ -237,7 +240,7 @@ class SOAP(torch.optim.Optimizer):
                 if s["step"] > 1:
                     self._grams(s, g, shampoo_beta)
             due = [s for s in states if s["step"] % group["precondition_frequency"] == 0 and _has_sides(s)]
-            self._spread(due, self._refresh)
+            self._spread(due, self._refresh, (*BASES, "exp_avg", "exp_avg_sq"))
         return loss
 
 
