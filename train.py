@@ -53,7 +53,6 @@ USER_ERROR_EXIT = 2  # a problem the user can fix; one line on stderr
 PREEMPTED_EXIT = 3  # SIGTERM/SIGINT: checkpoint written, resume with --run.resume=true
 NONFINITE_EXIT = 4  # the loss became NaN/inf and the policy said stop; the last good checkpoint is kept
 DESYNC_EXIT = 5  # parameters differ across ranks: a bug or a hardware fault, never silently trained on
-_ran_distributed = False  # set once this process trains with a process group; see exit_process
 # Testing aid: "nan@STEP" turns rank 0's loss at STEP into NaN; "desync@STEP" perturbs the last rank's
 # parameters after STEP. Read from the environment so that no config or checkpoint carries it.
 FAULT_ENV = "SYMBREAK_FAULT"
@@ -169,9 +168,6 @@ def setup_context(cfg: Config) -> Context:
         device = torch.device(want)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)  # tiny models on shared CPUs: 1 avoids thread contention
-    if world > 1:
-        global _ran_distributed
-        _ran_distributed = True
     if world > 1 and not dist.is_initialized():
         if not {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
             raise UserError(
@@ -967,7 +963,7 @@ def exit_process(code: int) -> None:
     turns into ``std::terminate``: a SIGABRT, and a failed launch, after a run that had ended well.
     By now every file is written and closed, so skipping finalization loses nothing.
     """
-    if not _ran_distributed:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process: setup_context made no process group
         sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()

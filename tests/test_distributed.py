@@ -319,9 +319,10 @@ def test_fewer_host_syncs_change_nothing_but_the_syncs(opt, data_dir, tmp_path):
 
 def test_a_distributed_process_exits_with_its_code_and_its_output_flushed():
     """exit_process skips interpreter finalization after a distributed run: nothing printed may be lost."""
-    code = "import sys, train; train._ran_distributed = True; print('last', end=''); "
+    code = "import sys, train; print('last', end=''); "
     code += "print('words', end='', file=sys.stderr); train.exit_process(5)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    env = child_env(WORLD_SIZE="2")  # one rank of a launch
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert (out.returncode, out.stdout, out.stderr) == (5, "last", "words")
 
 
