@@ -69,13 +69,14 @@ def bench_prepare(docs: list[str], rounds: int, workers: int, bpe_file: str, tmp
 def bench_loader(steps: int, batches: int) -> tuple[float, float]:
     import torch
 
-    import train
     from configs import load_config
     from optim import build_optimizer
+    from runtime import Context
+    from tasks.lm import LMTask
 
     cfg = load_config(None, ["--train.progress=false"])
-    ctx = train.Context(device=torch.device("cpu"))
-    task = train.LMTask(cfg, ctx)
+    ctx = Context(device=torch.device("cpu"))
+    task = LMTask(cfg, ctx)
     model = task.build_model()
     optimizer = build_optimizer(task.param_groups(model), cfg.optim)
     model.train()

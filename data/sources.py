@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs import UserError
+from data.builtin import documents
 
 HF_ALIASES = {
     "openwebtext": ("Skylion007/openwebtext", None),
@@ -74,8 +75,6 @@ def resolve_source(
 
 
 def builtin_pieces() -> Iterator[Piece]:
-    from data.builtin import documents
-
     for doc in documents():
         yield doc, True
 

@@ -15,7 +15,7 @@ import json
 import tempfile
 
 from configs import load_config
-from train import Trainer
+from trainer import Trainer
 
 
 def final_loss(group: str, model: str, k: int, width: int, seed: int, steps: int) -> tuple[float, float]:
@@ -32,7 +32,7 @@ def final_loss(group: str, model: str, k: int, width: int, seed: int, steps: int
         "--task.init_scale=1.0",
         "--optim.name=adamw",
         "--optim.lr=0.01",
-        "--optim.weight_decay=0",
+        "--optim.adamw.weight_decay=0",
         "--optim.schedule=cosine",
         f"--train.max_steps={steps}",
         "--train.log_interval=1000000",

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch.distributed as dist  # noqa: E402
+from helpers import Fault  # noqa: E402
 
 import train  # noqa: E402
 
@@ -23,10 +24,8 @@ def main() -> None:
     dist.init_process_group("gloo")  # shared by the scenarios: train.main leaves a caller's group alone
     codes = {}
     for name, scenario in plan.items():
-        os.environ.pop(train.FAULT_ENV, None)
-        if scenario.get("fault"):
-            os.environ[train.FAULT_ENV] = scenario["fault"]
-        codes[name] = train.main(scenario["argv"])
+        hooks = [Fault(scenario["fault"])] if scenario.get("fault") else []
+        codes[name] = train.main(scenario["argv"], hooks=hooks)
     Path(sys.argv[2], f"codes_rank{os.environ['RANK']}.json").write_text(json.dumps(codes))
     dist.destroy_process_group()
     train.exit_process(0)  # as train.py ends a distributed run, for the reason given there
