@@ -1,6 +1,6 @@
 """The logic-puzzle suite: eight categories of templated items, scored by next-token statistics.
 
-    python -m eval.logic RUN_DIR [--n 100] [--out FILE.json] [--no-bias]
+    python -m eval.logic RUN_DIR [--n 100] [--out FILE.json] [--no_bias]
 
 Answer categories (a prompt and the answer that continues it):
   numeric      arithmetic, geometric and Fibonacci-like sequences: "3, 7, 11, 15," -> " 19"
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="items per category")
     p.add_argument("--seed", type=int, default=0, help="seed of the item templates")
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/logic.json, or logic_nobias.json)")
-    p.add_argument("--no-bias", action="store_true", help="drop the mean attention biases at inference")
+    p.add_argument("--no_bias", action="store_true", help="drop the mean attention biases at inference")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_device()

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
 
 from data.shards import write_shard
+
+from helpers import ROOT
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import args
 
 import checkpoints
 import train
 from trainer import MetricsLog, read_jsonl
+
+from helpers import args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

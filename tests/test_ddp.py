@@ -16,6 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import checkpoints
+import optim
+import train
+from trainer import DESYNC_EXIT, NONFINITE_EXIT
+
 from helpers import (
     DRIVER,
     KILL_STEPS,
@@ -30,11 +36,6 @@ from helpers import (
     torchrun,
     wait_for_step,
 )
-
-import checkpoints
-import optim
-import train
-from trainer import DESYNC_EXIT, NONFINITE_EXIT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -62,7 +62,7 @@ def test_logic_cli_writes_every_category_with_its_count(run_dir, tmp_path, capsy
     # the in-training summary used the same items (seed 0, n 3) and the same model
     summary = json.loads((run_dir / "summary.json").read_text())
     assert data["summary"]["logic_top5"] == pytest.approx(summary["logic_top5"])
-    assert logic.main([str(run_dir), "--n", "3", "--out", str(out), "--no-bias", "--device", "cpu"]) == 0
+    assert logic.main([str(run_dir), "--n", "3", "--out", str(out), "--no_bias", "--device", "cpu"]) == 0
     nobias = json.loads(out.read_text())
     assert nobias["meta"]["biases"] == "none"
     assert nobias["categories"]["copying"]["logprob"] != data["categories"]["copying"]["logprob"]

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from helpers import Fault, args, assert_same_params, final_params, losses, one_line_error
 
 import checkpoints
 import optim
 import train
 from trainer import NONFINITE_EXIT, read_jsonl
+
+from helpers import Fault, args, assert_same_params, final_params, losses, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-from helpers import args, assert_same_params, corrupt, final_params, losses, one_line_error
 
 import checkpoints
 import configs
@@ -13,6 +12,8 @@ import optim
 import train
 from eval.run import load_run
 from eval.sample import sample_text
+
+from helpers import args, assert_same_params, corrupt, final_params, losses, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import KILL_STEPS, ROOT, args, assert_same_params, child_env, final_params, launch, losses, wait_for_step
 
 import checkpoints
 import train
 from trainer import PREEMPTED_EXIT
+
+from helpers import KILL_STEPS, ROOT, args, assert_same_params, child_env, final_params, launch, losses, wait_for_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch.distributed as dist  # noqa: E402
-from helpers import Fault  # noqa: E402
 
 import train  # noqa: E402
+
+from helpers import Fault  # noqa: E402
 
 
 def main() -> None:
