@@ -213,14 +213,17 @@ def part_tests(c: Check) -> None:
 # ----------------------------------------------------------------------------------- trainer speed
 
 
-def speed_unit(c: Check, shape: tuple[int, int], mode: str, compiled: bool) -> None:
-    """One model (mode, shape, eager or compiled) stepped by each optimizer in turn."""
-    name = f"{mode}-{shape[0]}x{shape[1]}-{'compiled' if compiled else 'eager'}"
+def speed_unit(c: Check, shape: tuple[int, int], mode: str, compiled: bool | str) -> None:
+    """One model (mode, shape, eager or compiled) stepped by each optimizer in turn. ``compiled`` may
+    name a torch.compile mode instead: "reduce-overhead" replays CUDA graphs (AdamW only)."""
+    name = f"{mode}-{shape[0]}x{shape[1]}-{compiled}"
     if compiled:
         torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from the last model
-    trainer = started_trainer(c.base_overrides(shape, mode, compiled, name))
+    trainer = started_trainer(c.base_overrides(shape, mode, compiled is True, name))
+    if isinstance(compiled, str):
+        trainer.train_model = torch.compile(trainer.model, mode=compiled)
     try:
-        for opt in OPTIMIZERS:
+        for opt in OPTIMIZERS if not isinstance(compiled, str) else ("adamw",):
             use_optimizer(trainer, opt)
             if c.cuda:
                 torch.cuda.reset_peak_memory_stats(c.device)
@@ -243,7 +246,7 @@ def speed_unit(c: Check, shape: tuple[int, int], mode: str, compiled: bool) -> N
                 first_step_s=first,
                 peak_gib=mem,
             )
-            if c.cuda and mode == "bqbv" and shape == (8, 512):
+            if c.cuda and mode == "bqbv" and shape == c.sizes.shapes[0] and not isinstance(compiled, str):
                 syncs_unit(c, trainer, opt, compiled)
     finally:
         del trainer
@@ -285,15 +288,17 @@ def part_speed(c: Check) -> None:
     eager = [(shape, mode) for shape in c.sizes.shapes for mode in MODES]
     plan = [(u, True, 0.0) for u in compiled[:2]] + [(u, False, reserve) for u in eager]
     plan += [(u, True, reserve) for u in compiled[2:]]
-    estimate = {False: 20.0, True: 150.0}  # seconds a unit takes (4 optimizers); then as measured
-    for (shape, mode), is_compiled, keep in plan:
-        label = f"{'compiled' if is_compiled else 'eager'} {mode} {shape[0]}x{shape[1]}"
-        if not c.budget.allows(estimate[is_compiled], keep):
+    if c.cuda and compiled:  # whether CUDA graphs pay where launches dominate: the small shape
+        plan.append(((small, "bqbv"), "reduce-overhead", reserve))
+    estimate = {False: 20.0, True: 150.0, "reduce-overhead": 90.0}  # seconds a unit takes; then as measured
+    for (shape, mode), how, keep in plan:
+        label = f"{'eager' if how is False else 'compiled' if how is True else how} {mode} {shape[0]}x{shape[1]}"
+        if not c.budget.allows(estimate[how], keep):
             c.report.notes.append(f"speed: {label} not run, {c.budget.left():.0f}s left")
             continue
         t = time.monotonic()
-        speed_unit(c, shape, mode, is_compiled)
-        estimate[is_compiled] = 1.2 * (time.monotonic() - t)
+        speed_unit(c, shape, mode, how)
+        estimate[how] = 1.2 * (time.monotonic() - t)
     c.skip_without_cuda("host syncs", "counted with CUDA's sync debug mode")
 
 
@@ -370,8 +375,11 @@ def part_optim(c: Check) -> None:
     }
     part_ms = {}
     for label, fn in parts.items():
-        part_ms[label] = step_seconds(c, fn, 2 if "once" in label else reps) * 1e3
+        part_ms[label] = step_seconds(c, fn, 1 if "once" in label else reps) * 1e3
         c.report.add("soap step", part=label, ms=part_ms[label])
+    rest = times["soap (no refresh)"] * 1e3 - part_ms["Gram updates (G G^T, G^T G)"]
+    rest -= part_ms["rotations (project, project back)"]
+    c.report.add("soap step", part="the rest of a plain step (Adam's moments, foreach)", ms=rest)
     refresh = part_ms["refresh (power step + QR, every 10)"] / 1e3
     times["soap (refresh every 10)"] = times["soap (no refresh)"] + refresh / 10
     c.report.add("optimizer step", optimizer="soap (refresh every 10)", ms=times["soap (refresh every 10)"] * 1e3)
@@ -467,7 +475,7 @@ def derived(c: Check) -> None:
     """Ratios and targets from the rows measured in this one process."""
     rows = c.report.rows("speed")
 
-    def tps(mode: str, shape: str, compiled: bool, opt: str = "adamw") -> float | None:
+    def tps(mode: str, shape: str, compiled: bool | str, opt: str = "adamw") -> float | None:
         for r in rows:
             if (r["mode"], r["shape"], r["compiled"], r["optimizer"]) == (mode, shape, compiled, opt):
                 return r["tokens_per_s"]
@@ -493,6 +501,9 @@ def derived(c: Check) -> None:
     for r in rows:
         if (r["mode"], r["shape"], r["compiled"], r["optimizer"]) == ("bqbv", shapes[-1], True, "adamw") and r["mfu"]:
             c.report.add("ratios", what=f"MFU bqbv, {shapes[-1]}, compiled, adamw", value=r["mfu"], target=">= 0.50")
+    graphs, plain = tps("bqbv", shapes[0], "reduce-overhead"), tps("bqbv", shapes[0], True)
+    if graphs and plain:
+        c.report.add("ratios", what=f"tok/s CUDA graphs / compiled, bqbv, {shapes[0]}, adamw", value=graphs / plain)
     steps = {r["optimizer"]: r for r in c.report.rows("optimizer step")}
     if "ecd" in steps:
         c.report.add("ratios", what="ECD step / fused AdamW step", value=steps["ecd"]["x_adamw"], target="<= 0.6")
@@ -502,7 +513,7 @@ def derived(c: Check) -> None:
 def half_million_step(c: Check, shape: str, steps: dict[str, dict]) -> None:
     """SOAP's whole step over AdamW's at 0.5M tokens: A micro-batches of 16x1024 (forward and backward,
     the AdamW step's time in the speed part less AdamW's step alone) plus each optimizer's step."""
-    compiled = any(r["compiled"] for r in c.report.rows("speed"))
+    compiled = any(r["compiled"] is True for r in c.report.rows("speed"))
     for r in c.report.rows("speed"):
         if (r["mode"], r["shape"], r["compiled"], r["optimizer"]) == ("bqbv", shape, compiled, "adamw"):
             if "adamw" not in steps or "soap (refresh every 10)" not in steps:

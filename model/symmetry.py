@@ -10,7 +10,8 @@ exactly. Evaluation uses the means, which fold into the projection bias (see GPT
 
 The draw is counter-based, so it runs on the device with no generator state and no host round trip:
 every coordinate hashes its own counter (layer, stream, head, coordinate) with a 64-bit key of
-(seed, micro-batch), two 32-bit hashes give two uniforms, and Box-Muller turns them into one normal.
+(seed, micro-batch), two 32-bit hashes give two 24-bit uniforms in (0, 1), and Box-Muller turns them
+into one normal (|z| <= 5.9 by the smallest uniform, 2^-25: a draw beyond that has probability 4e-9).
 The hashing is integer arithmetic that never leaves int64, hence exact on every device; the
 Box-Muller step runs in float64 and is rounded to float32, so CPU and GPU agree except where their
 float64 log/cos differ in the last bit across a float32 rounding boundary (about one value in 10^9).
