@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
-from trainer_steps import seconds_per_step, started_trainer  # noqa: E402
+from trainer_steps import close, seconds_per_step, started_trainer  # noqa: E402
 
 from configs import load_config  # noqa: E402
 
@@ -51,6 +51,8 @@ def main() -> None:
     for r in range(args.rounds):
         for compiled in (False, True) if r % 2 == 0 else (True, False):
             times[compiled].append(seconds_per_step(trainers[compiled], args.steps))
+    for trainer in trainers.values():
+        close(trainer)
     eager, comp = statistics.median(times[False]), statistics.median(times[True])
     compile_s = first[True] - comp
     steps = load_config().train.max_steps  # the quickstart's own (the benchmark's trainers never stop)

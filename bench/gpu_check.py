@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # the project, and trainer_step
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 from trainer_steps import (  # noqa: E402
+    close,
     host_syncs_per_step,
     seconds_per_step,
     started_trainer,
@@ -249,6 +250,7 @@ def speed_unit(c: Check, shape: tuple[int, int], mode: str, compiled: bool | str
             if c.cuda and mode == "bqbv" and shape == c.sizes.shapes[0] and not isinstance(compiled, str):
                 syncs_unit(c, trainer, opt, compiled)
     finally:
+        close(trainer)
         del trainer
         gc.collect()
         if c.cuda:

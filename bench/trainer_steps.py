@@ -52,6 +52,14 @@ def started_trainer(overrides: list[str], config: str | Path | None = None) -> T
     return trainer
 
 
+def close(trainer: Trainer) -> None:
+    """What ``Trainer.run`` does at its end and a benchmark skips otherwise: logs closed, run dir released."""
+    if trainer.logs is not None:
+        trainer.logs.close()
+    if trainer.ctx.is_main:
+        trainer.lock.release()
+
+
 def use_optimizer(trainer: Trainer, name: str, **options) -> None:
     """Give the trainer a fresh ``name`` optimizer (its defaults, ``options`` over them) on the same model."""
     cfg = copy.copy(trainer.cfg)
