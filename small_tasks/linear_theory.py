@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_EXPONENT = 600.0  # e^600 is near float64's range; closed forms are evaluated below it
-
 
 def random_orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     """An n x k matrix with orthonormal columns, Haar-distributed."""
@@ -52,28 +50,26 @@ def riccati_qqt(w1: np.ndarray, w2: np.ndarray, sigma_yx: np.ndarray, lam: float
 
     F = V diag(f) V^T is symmetric, so every matrix function goes through its eigendecomposition; with
     z = V^T Q0 and Phi = (e^{2ft} - 1)/f (finite, 2t, where f = 0: F need not be invertible),
-        Q Q^T = V E z M^-1 z^T E V^T,  E = diag(e^{ft}),  M = I + 1/2 z^T Phi z = C^T C,  C = [I; (Phi/2)^(1/2) z].
-    Written as V diag(c) Q_low Q_low^T diag(c) V^T, with Q_low the lower block of C's QR factor and
-    c = e^{ft} (2/Phi)^(1/2) = (2f / (1 - e^{-2ft}))^(1/2), nothing large is ever inverted: the form is
-    as accurate at late times, when M's entries reach e^{2ft}, as at early ones.
+        Q Q^T = V Y M^-1 Y^T V^T,  Y = diag(e^{ft}) z,  M = I + 1/2 z^T diag(Phi) z,
+    so Q(t) = V Y M^(-1/2) is a factor. The flow is autonomous, so the same form carries Q(s) to
+    Q(s + dt); it is applied in pieces with max|f| dt <= 1. In one piece spanning a long time the rows of
+    M would range over e^{2 max|f| t} and the slowly growing directions would drown in round-off.
     """
     evals, evecs = np.linalg.eigh(coupling_matrix(sigma_yx, lam))
+    piece = 1.0 / max(float(np.abs(evals).max()), 1e-12)
+    q = np.concatenate([w1.T, w2], axis=0)
+    now = 0.0
     times = np.asarray(times, dtype=float)
-    if times.max(initial=0.0) * np.abs(evals).max() > MAX_EXPONENT / 2:
-        raise ValueError(f"t = {times.max():g} is past the range where e^(2Ft) is representable")
-    q0 = np.concatenate([w1.T, w2], axis=0)
-    z = evecs.T @ q0
-    h = z.shape[1]
     out = np.empty((len(times), len(evals), len(evals)))
-    for i, t in enumerate(times):
-        if t == 0:
-            out[i] = q0 @ q0.T
-            continue
-        phi = 2.0 * t * _expm1_ratio(2.0 * evals * t)
-        c = 1.0 / np.sqrt(t * _expm1_ratio(-2.0 * evals * t))
-        q_low = np.linalg.qr(np.concatenate([np.eye(h), np.sqrt(phi / 2)[:, None] * z]))[0][h:]
-        root = evecs @ (c[:, None] * q_low)
-        out[i] = root @ root.T
+    for i in np.argsort(times, kind="stable"):
+        while now < times[i]:
+            dt = min(piece, times[i] - now)
+            z = evecs.T @ q
+            phi = 2.0 * dt * _expm1_ratio(2.0 * evals * dt)
+            m_evals, m_evecs = np.linalg.eigh(np.eye(z.shape[1]) + 0.5 * z.T @ (phi[:, None] * z))
+            q = evecs @ (np.exp(evals * dt)[:, None] * z) @ (m_evecs / np.sqrt(m_evals))
+            now = now + dt if dt == piece else times[i]
+        out[i] = q @ q.T
     return out
 
 
