@@ -87,11 +87,11 @@ def blocks(qqt: np.ndarray, d_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def mode_time(s: np.ndarray, s0: float, target: float, lam: float) -> np.ndarray:
-    """Time (units of tau) for an aligned mode to grow from s0 to s < target under
-    ds/dt = sqrt(lambda^2 + 4 s^2)(target - s).
+    """Time (units of tau) for an aligned mode to go from s0 > 0 to s under ds/dt = sqrt(lambda^2 + 4 s^2)(target - s),
+    with s between s0 and target (it grows towards the target from below, or decays to it from above).
 
     With k = |lambda|/2 and r = sqrt(target^2 + k^2), an antiderivative of 1/(2 sqrt(s^2 + k^2)(target - s))
-    is G(s) = ln((r sqrt(s^2 + k^2) + target s + k^2) / (target - s)) / (2 r); t = G(s) - G(s0).
+    is G(s) = ln((r sqrt(s^2 + k^2) + target s + k^2) / |target - s|) / (2 r); t = G(s) - G(s0).
     At lambda = 0 this is the logistic t = ln(s (target - s0) / (s0 (target - s))) / (2 target).
     """
     k = abs(lam) / 2.0
@@ -99,13 +99,15 @@ def mode_time(s: np.ndarray, s0: float, target: float, lam: float) -> np.ndarray
 
     def g(x: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):  # s = target is reached at t = infinity
-            return np.log((r * np.sqrt(x**2 + k**2) + target * x + k**2) / (target - x)) / (2.0 * r)
+            return np.log((r * np.sqrt(x**2 + k**2) + target * x + k**2) / np.abs(target - x)) / (2.0 * r)
 
     return g(np.asarray(s, dtype=float)) - g(np.asarray(s0, dtype=float))
 
 
 def mode_trajectory(times: np.ndarray, s0: float, target: float, lam: float) -> np.ndarray:
     """s(t) of an aligned mode, by inverting the monotone ``mode_time`` with bisection."""
+    if s0 == target:  # a fixed point
+        return np.full(len(times), float(target))
     lo = np.full(len(times), float(s0))
     hi = np.full(len(times), float(target))
     for _ in range(200):  # each halves the bracket: far below float resolution

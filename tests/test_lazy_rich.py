@@ -1,11 +1,29 @@
 """lambda-balanced linear networks: the Riccati closed form, the per-mode ODE and the NTK formulas
-against direct numerical integration, plain gradient descent and an explicit Jacobian."""
+against direct numerical integration, plain gradient descent and an explicit Jacobian; then the task
+through the trainer: a fast reference run, held-out settings, and a failing run for every check."""
 
 import numpy as np
 import pytest
 import torch
 
+from configs import UserError
+from helpers import run_config
 from small_tasks import linear_theory as lt
+
+CONFIG = "small_tasks/lazy_rich.toml"
+# two modes, learned by t = 3: lr 2e-3 for 1,500 steps (the reference: four modes, lr 1e-3, t = 12)
+FAST = ["--task.singular_values=[3,2]", "--optim.lr=2e-3", "--train.max_steps=1500", "--task.sweep=[0,1,-1,4,-4]"]
+CHECKS = [
+    "product_matches_closed_form",
+    "lambda_conserved",
+    "half_learn_times",
+    "kernel_distance_matches_closed_form",
+    "kernel_distance_falls_with_abs_lambda",
+]
+
+
+def failed(summary):
+    return sorted(name for name, c in summary["checks"].items() if not c["passed"])
 
 
 def rk4(f, y, t_end, n):
@@ -85,14 +103,15 @@ def test_gradient_descent_approaches_the_flow_linearly_in_the_step():
     assert errors[1] / errors[2] == pytest.approx(2.0, rel=0.05)
 
 
-@pytest.mark.parametrize("lam", [0.0, 1.0, -4.0, 16.0])
-def test_mode_ode_closed_form(lam):
-    s0, target = 1e-3, 2.0
+@pytest.mark.parametrize(("lam", "s0"), [(0.0, 1e-3), (1.0, 1e-3), (-4.0, 1e-3), (16.0, 1e-3), (1.0, 5.0)])
+def test_mode_ode_closed_form(lam, s0):
+    """From below (small init) and from above (s0 > S: the mode decays to its target)."""
+    target = 2.0
     f = lambda s: np.sqrt(lam**2 + 4 * s**2) * (target - s)
     ys = rk4(f, np.array(s0), 4.0, 40000)[::4000]
     times = np.linspace(0, 4.0, len(ys))
     np.testing.assert_allclose(lt.mode_trajectory(times, s0, target, lam), ys, rtol=1e-9, atol=1e-12)
-    resolved = (target - ys) / target > 1e-6  # closer to the target, s no longer resolves the time
+    resolved = np.abs(target - ys) / target > 1e-6  # closer to the target, s no longer resolves the time
     np.testing.assert_allclose(lt.mode_time(ys[resolved], s0, target, lam), times[resolved], rtol=1e-7, atol=1e-9)
 
 
@@ -152,3 +171,65 @@ def test_kernel_distance_falls_with_abs_lambda_for_square_networks():
     for sign in (1, -1):
         series = [dist[sign * abs(lam)] for lam in (0.0, 1.0, 4.0, 16.0)]
         assert all(x > y for x, y in zip(series, series[1:])), series
+
+
+def test_fast_reference_passes_every_check(tmp_path):
+    s = run_config(tmp_path, CONFIG, *FAST)
+    assert failed(s) == []
+    assert set(s["checks"]) == set(CHECKS)
+    assert s["checks"]["half_learn_times"]["expected"] == pytest.approx([667.17, 950.05], abs=0.01)
+    assert (tmp_path / "t" / "lazy_rich.png").stat().st_size > 0 and (tmp_path / "t" / "kernel_distance.png").exists()
+
+
+def test_held_out_lambda_spectrum_and_seeds_pass(tmp_path):
+    held_out = ["--task.lambda=-3", "--task.singular_values=[2.5,1.2]", "--run.seed=3", "--task.data_seed=7"]
+    s = run_config(tmp_path, CONFIG, *FAST, *held_out)
+    assert failed(s) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "failing"),
+    [
+        # 5x the learning rate over the same flow time: GD leaves the flow
+        (["--optim.lr=1e-2", "--train.max_steps=300"], ["lambda_conserved", "product_matches_closed_form"]),
+        # weight decay breaks the conservation law, and with it the kernel's closed form
+        (["--optim.sgdm.weight_decay=0.01"], ["kernel_distance_matches_closed_form", "lambda_conserved"]),
+        # t = 1 ends before any mode is half learned
+        (["--train.max_steps=500"], ["half_learn_times"]),
+        # a large init: no mode starts below half its target
+        (["--task.init_scale=2"], ["half_learn_times"]),
+        # d_in > hidden with lambda < 0: W1 is large and must rotate its row space, a delayed rich regime
+        (["--task.d_in=6", "--task.d_out=3", "--task.hidden=3"], ["kernel_distance_falls_with_abs_lambda"]),
+    ],
+)
+def test_each_check_rejects_a_run_outside_the_theory(tmp_path, overrides, failing):
+    s = run_config(tmp_path, CONFIG, *FAST, *overrides)
+    assert set(failing) <= set(failed(s)), s["checks"]
+
+
+def test_non_square_networks_are_predicted_not_to_fall():
+    """The failing kernel claim above is the theory's own: the closed form predicts the rise for lambda < 0."""
+    teacher, *_ = setup(6, 3, 3, 0.0, [3.0, 2.0], 1e-3)
+    rng = np.random.default_rng(0)
+    u0, v0, rot = lt.random_orthonormal(rng, 3, 3), lt.random_orthonormal(rng, 6, 3), lt.random_orthonormal(rng, 3, 3)
+    dist = []
+    for lam in (0.0, -1.0, -4.0):
+        w1, w2 = lt.balanced_init(lam, np.full(3, 1e-3), u0, v0, rot)
+        _, a, m = lt.blocks(lt.riccati_qqt(w1, w2, teacher, lam, np.array([0.0, 3.0])), 6)
+        dist.append(lt.ntk_distance(a[0], m[0], a[1], m[1]))
+    assert dist[1] > dist[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--task.lambd=1", "did you mean 'task.lambda'"),
+        ("--task.lambda_=1", "task.lambda"),
+        ("--task.hidden=5", "hidden <= min"),
+        ("--task.n=2", "task.n >= task.d_in"),
+        ("--task.singular_values=[1,-1]", "must be > 0"),
+    ],
+)
+def test_config_errors_name_the_fix(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        run_config(tmp_path, CONFIG, override, "--train.max_steps=2")
