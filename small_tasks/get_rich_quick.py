@@ -152,11 +152,10 @@ class GetRichQuickTask(SmallTask):
 
     def after_step(self, model: nn.Module, step: int) -> None:
         self.recorder.record(step, a=model.a, w=model.w)
-        if step <= len(self.per_step):
-            residual = model.a[:, None] * model.w - self.beta_t
-            cos = (model.w * self.w0_unit).sum(-1) / model.w.norm(dim=-1)
-            self.per_step[step - 1, 0] = 0.5 * residual.square().sum(-1)
-            self.per_step[step - 1, 1] = torch.arccos(cos.clamp(-1, 1))
+        residual = model.a[:, None] * model.w - self.beta_t
+        cos = (model.w * self.w0_unit).sum(-1) / model.w.norm(dim=-1)
+        self.per_step[step - 1, 0] = 0.5 * residual.square().sum(-1)
+        self.per_step[step - 1, 1] = torch.arccos(cos.clamp(-1, 1))
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -173,6 +172,23 @@ class GetRichQuickTask(SmallTask):
         taken = rec.taken("a")
         times = flow_times(self.cfg, rec.steps)[taken]
         a, w = rec.numpy("a")[taken], rec.numpy("w")[taken]  # (T, K), (T, K, d)
+        checks = {
+            **self.closed_form_checks(times, a, w),
+            **self.sweep_checks(a[-1], w[-1], times[-1]),
+        }
+        self.plot(times, a, w)
+        return {
+            "prediction": {"delta": self.deltas.tolist(), "nu_end": [float(m.nu(times[-1:])[0]) for m in self.models]},
+            "observed": {"final_loss": float(self.trace_numpy()[-1])},
+            "checks": checks,
+        }
+
+    def closed_form_checks(self, times: np.ndarray, a: np.ndarray, w: np.ndarray) -> dict[str, Any]:
+        """Every network at every recorded step: delta's drift relative to D = sqrt(delta^2 + 4 eta_a eta_w s^2),
+        the chordal distance between (delta + 2 eta_a nu)/D simulated and closed form (finite where a crosses
+        zero and nu does not), and ||a w - closed form|| / s. Gradient descent leaves the flow at first order
+        in lr (0.1% at the reference's lr 2e-3, so 1% admits about 10x that step); a larger step, momentum,
+        or weight decay (which breaks the conservation of delta) fails."""
         eta_a, eta_w, s = self.tc.eta_a, self.tc.eta_w, float(np.linalg.norm(self.beta_star))
         big_d = np.array([m.D for m in self.models])
         delta_err = np.abs(eta_w * a**2 - eta_a * (w**2).sum(-1) - self.deltas).max(0) / big_d
@@ -183,36 +199,18 @@ class GetRichQuickTask(SmallTask):
             u_th = (m.delta + 2 * eta_a * m.nu(times)) / m.D
             nu_err.append(lt.chordal_distance(u_sim, u_th).max())
             beta_err.append(np.linalg.norm(a[:, k, None] * w[:, k] - a_th[:, None] * w_th, axis=-1).max() / s)
-        nu_err, beta_err = np.array(nu_err), np.array(beta_err)
-        enough = bool(len(times) > 1)
+        enough = len(times) > 1
         per_net = lambda v: dict(zip(self.names, np.round(v, 6).tolist()))
-        checks = {
-            "delta_conserved": check(
-                enough and delta_err.max() <= DELTA_TOL,
-                f"<= {DELTA_TOL}",
-                round(float(delta_err.max()), 6),
-                per_network=per_net(delta_err),
-            ),
-            "nu_matches_closed_form": check(
-                enough and nu_err.max() <= NU_TOL,
-                f"<= {NU_TOL}",
-                round(float(nu_err.max()), 6),
-                per_network=per_net(nu_err),
-            ),
-            "function_matches_closed_form": check(
-                enough and beta_err.max() <= BETA_TOL,
-                f"<= {BETA_TOL}",
-                round(float(beta_err.max()), 6),
-                per_network=per_net(beta_err),
-            ),
-            **self.sweep_checks(a[-1], w[-1], times[-1]),
-        }
-        self.plot(times, a, w)
-        return {
-            "prediction": {"delta": self.deltas.tolist(), "nu_end": [float(m.nu(times[-1:])[0]) for m in self.models]},
-            "observed": {"final_loss": float(self.trace_numpy()[-1])},
-            "checks": checks,
-        }
+        out = {}
+        for name, err, tol in [
+            ("delta_conserved", delta_err, DELTA_TOL),
+            ("nu_matches_closed_form", np.array(nu_err), NU_TOL),
+            ("function_matches_closed_form", np.array(beta_err), BETA_TOL),
+        ]:
+            out[name] = check(
+                enough and err.max() <= tol, f"<= {tol}", round(float(err.max()), 6), per_network=per_net(err)
+            )
+        return out
 
     def sweep_checks(self, a_end: np.ndarray, w_end: np.ndarray, t_end: float) -> dict[str, Any]:
         """The regime against delta, on the sweep networks: the NTK's distance from its start at the end of
@@ -432,8 +430,7 @@ class UnbalancedReLUTask(SmallTask):
         return self.tc.n * self.x.shape[0]
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        if step < len(self.alignment):
-            self.alignment[step] = self.align(model.w)
+        self.alignment[step] = self.align(model.w)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():

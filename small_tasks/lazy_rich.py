@@ -148,9 +148,8 @@ class LazyRichTask(SmallTask):
 
     def after_step(self, model: nn.Module, step: int) -> None:
         self.recorder.record(step, w1=model.w1, w2=model.w2)
-        if step <= len(self.modes):
-            prod = model.w2[1] @ model.w1[1]
-            self.modes[step - 1] = ((self.u_modes_t.T @ prod) * self.v_modes_t.T).sum(-1)
+        prod = model.w2[1] @ model.w1[1]
+        self.modes[step - 1] = ((self.u_modes_t.T @ prod) * self.v_modes_t.T).sum(-1)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -164,39 +163,49 @@ class LazyRichTask(SmallTask):
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         rec = self.recorder
         taken = rec.taken("w1")
-        steps = rec.steps[taken]
         times = flow_times(self.cfg, rec.steps)[taken]
         w1, w2 = rec.numpy("w1")[taken], rec.numpy("w2")[taken]
-        prod_obs = w2 @ w1
-        scale = np.linalg.norm(self.teacher)
         theory = [lt.riccati_qqt(w1_0, w2_0, self.teacher, lam, times) for w1_0, w2_0, lam in self.networks()]
+        prod_obs = w2 @ w1
         prod_th = np.stack([lt.blocks(q, self.tc.d_in)[0] for q in theory], 1)  # (T, K, d_out, d_in)
-        product_err = np.linalg.norm(prod_obs - prod_th, axis=(-2, -1)).max(0) / scale
-        balance = np.swapaxes(w2, -2, -1) @ w2 - w1 @ np.swapaxes(w1, -2, -1)
-        target = np.array(self.lambdas)[:, None, None] * np.eye(self.tc.hidden)
-        balance_err = np.linalg.norm(balance - target, axis=(-2, -1)).max(0) / scale
         checks = {
-            "product_matches_closed_form": check(
-                bool(len(steps) > 1) and product_err.max() <= PRODUCT_TOL,
-                f"<= {PRODUCT_TOL}",
-                round(float(product_err.max()), 6),
-                per_network=dict(zip(self.names, product_err.round(6).tolist())),
-                recorded_steps=int(len(steps)),
-            ),
-            "lambda_conserved": check(
-                bool(len(steps) > 1) and balance_err.max() <= BALANCE_TOL,
-                f"<= {BALANCE_TOL}",
-                round(float(balance_err.max()), 6),
-                per_network=dict(zip(self.names, balance_err.round(6).tolist())),
-            ),
+            **self.closed_form_checks(w1, w2, prod_th),
             "half_learn_times": self.half_learn_check(),
             **self.kernel_checks(w1, w2, theory),
         }
-        self.plot(times, steps, prod_obs, prod_th)
+        self.plot(times, prod_obs)
         return {
             "prediction": {"final_product": prod_th[-1, 0].tolist(), "lambdas": self.lambdas},
             "observed": {"final_product": prod_obs[-1, 0].tolist(), "final_loss": float(self.trace_numpy()[-1])},
             "checks": checks,
+        }
+
+    def closed_form_checks(self, w1: np.ndarray, w2: np.ndarray, prod_th: np.ndarray) -> dict[str, Any]:
+        """At every recorded step of every network, ||W2 W1 - closed form||_F and ||W2^T W2 - W1 W1^T - lambda I||_F,
+        relative to ||Sigma_yx||_F. Gradient descent leaves the flow at first order in lr: at the reference's
+        lr 1e-3 the errors are 0.3% and 0.13%, so 1% admits about 3x that step; a larger step, momentum or
+        weight decay (which breaks the conservation law) fails."""
+        scale = np.linalg.norm(self.teacher)
+        product_err = np.linalg.norm(w2 @ w1 - prod_th, axis=(-2, -1)).max(0) / scale
+        balance = np.swapaxes(w2, -2, -1) @ w2 - w1 @ np.swapaxes(w1, -2, -1)
+        target = np.array(self.lambdas)[:, None, None] * np.eye(self.tc.hidden)
+        balance_err = np.linalg.norm(balance - target, axis=(-2, -1)).max(0) / scale
+        enough = len(w1) > 1
+        per_network = lambda err: dict(zip(self.names, err.round(6).tolist()))
+        return {
+            "product_matches_closed_form": check(
+                enough and product_err.max() <= PRODUCT_TOL,
+                f"<= {PRODUCT_TOL}",
+                round(float(product_err.max()), 6),
+                per_network=per_network(product_err),
+                recorded_steps=len(w1),
+            ),
+            "lambda_conserved": check(
+                enough and balance_err.max() <= BALANCE_TOL,
+                f"<= {BALANCE_TOL}",
+                round(float(balance_err.max()), 6),
+                per_network=per_network(balance_err),
+            ),
         }
 
     def networks(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -242,7 +251,11 @@ class LazyRichTask(SmallTask):
         return check(passed, expected, observed, rel_error=[round(e, 5) for e in errors], tolerance=HALF_TIME_TOL)
 
     def kernel_checks(self, w1: np.ndarray, w2: np.ndarray, theory: list[np.ndarray]) -> dict[str, Any]:
-        """The NTK's distance from its initial value at the end of the run, for the sweep networks."""
+        """The NTK's distance from its initial value at the end of the run, for each sweep network: within 5%
+        (or 1e-4) of the closed form's, and strictly falling in |lambda| on each side of 0, the paper's claim.
+        The closed form itself predicts no fall for lambda < 0 when d_in > hidden (W1 is large and must turn
+        its row space: a delayed rich regime), and such a run fails; so does one whose kernel the flow
+        does not predict (weight decay, momentum)."""
         first = 2
         lams = np.array(self.lambdas[first:])
         t = lambda m: np.swapaxes(m, -2, -1)
@@ -274,7 +287,7 @@ class LazyRichTask(SmallTask):
             ),
         }
 
-    def plot(self, times: np.ndarray, steps: np.ndarray, prod_obs: np.ndarray, prod_th: np.ndarray) -> None:
+    def plot(self, times: np.ndarray, prod_obs: np.ndarray) -> None:
         run_dir = self.ctx.run_dir
         dense = np.linspace(0, times[-1], 300)
         svals = lambda p: np.linalg.svd(p, compute_uv=False)

@@ -1,13 +1,21 @@
 """The minimal model f = a w^T x with layer learning rates: the closed-form trajectory against direct
-integration, the paper's tanh form of nu(t), and the conservation of delta."""
+integration, the paper's tanh form of nu(t), and the conservation of delta; then both tasks through the
+trainer: fast reference runs, held-out settings of either sign of delta, and a failing run per check."""
 
 import math
 
 import numpy as np
 import pytest
+from test_lazy_rich import failed, rk4
 
+from configs import UserError
 from small_tasks import linear_theory as lt
-from tests.test_lazy_rich import rk4
+
+from helpers import run_config
+
+MINIMAL, RELU = "small_tasks/get_rich_quick.toml", "small_tasks/get_rich_quick_relu.toml"
+FAST = ["--optim.lr=4e-3", "--train.max_steps=2000", "--task.sweep=[-1,0,1]"]  # t = 8, as the reference's 20
+FAST_RELU = ["--task.instances=3", "--task.width=20", "--task.n=100", "--task.n_test=200", "--train.max_steps=400"]
 
 CASES = [  # (a0, w0 scale, eta_a, eta_w, seed): both signs of delta, unequal rates, a crossing zero
     (0.3, 0.7, 1.0, 1.0, 0),
@@ -89,3 +97,72 @@ def test_chordal_distance_handles_infinity():
     assert lt.chordal_distance(np.inf, 1e12) == pytest.approx(0.0, abs=1e-11)
     assert lt.chordal_distance(np.inf, 0.0) == pytest.approx(1.0)
     assert lt.chordal_distance(0.0, 1.0) == pytest.approx(1 / math.sqrt(2))
+
+
+def test_fast_minimal_model_passes_every_check(tmp_path):
+    s = run_config(tmp_path, MINIMAL, *FAST)
+    assert failed(s) == []
+    kernel = s["checks"]["kernel_distance_vs_delta"]["observed"]
+    assert kernel["-1"] > kernel["0"] > kernel["1"]  # lazy as delta grows
+    assert (tmp_path / "t" / "get_rich_quick.png").exists() and (tmp_path / "t" / "delta_sweep.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("rates", "sign"),
+    [(["--task.eta_a=4", "--task.eta_w=1"], -1), (["--task.eta_a=0.5", "--task.eta_w=3"], 1)],
+)
+def test_held_out_layer_rates_of_either_sign_pass(tmp_path, rates, sign):
+    held_out = ["--task.a0=0.5", "--task.w0_scale=0.5", "--task.d=6", "--task.teacher_norm=1.5", "--run.seed=2"]
+    s = run_config(tmp_path, MINIMAL, *FAST, *rates, *held_out)
+    assert np.sign(s["prediction"]["delta"][0]) == sign
+    assert failed(s) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "failing"),
+    [
+        # 7.5x the learning rate over the same flow time
+        (["--optim.lr=3e-2", "--train.max_steps=267"], ["function_matches_closed_form"]),
+        # momentum: another flow (heavy ball), whose nu leaves the closed form
+        (["--optim.sgdm.momentum=0.5"], ["function_matches_closed_form", "nu_matches_closed_form"]),
+        # weight decay on w (a matrix) breaks the conservation of delta
+        (["--optim.sgdm.weight_decay=0.01"], ["delta_conserved"]),
+        # t = 0.8: the downstream network has not moved its kernel, nor any loss halved
+        (["--train.max_steps=200"], ["kernel_distance_vs_delta", "w_turns_first_when_upstream"]),
+    ],
+)
+def test_each_minimal_model_check_rejects_a_run_outside_the_theory(tmp_path, overrides, failing):
+    s = run_config(tmp_path, MINIMAL, *FAST, *overrides)
+    assert set(failing) <= set(failed(s)), s["checks"]
+
+
+def test_fast_relu_experiment_passes(tmp_path):
+    s = run_config(tmp_path, RELU, *FAST_RELU)
+    assert failed(s) == []
+    speed = s["checks"]["upstream_aligns_faster"]["speedup"]
+    assert speed["reached"] == "3/3" and speed["mean"] > 2
+    assert (tmp_path / "t" / "alignment.png").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["--task.delta=0"], ["--task.delta=-1"]],
+    ids=["balanced: no faster layer, a tie", "the labels swapped: downstream"],
+)
+def test_relu_checks_reject_runs_without_an_upstream_layer(tmp_path, overrides):
+    s = run_config(tmp_path, RELU, *FAST_RELU, *overrides)
+    assert failed(s) == ["alignment_ordered_by_delta", "upstream_aligns_faster"]
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        (MINIMAL, "--task.n=3", "task.n >= task.d"),
+        (MINIMAL, "--task.a0=0", "task.a0 != 0"),
+        (MINIMAL, "--task.eta=2", "did you mean 'task.eta_"),
+        (RELU, "--task.width=7", "must be even"),
+    ],
+)
+def test_config_errors_name_the_fix(tmp_path, config, override, message):
+    with pytest.raises(UserError, match=message):
+        run_config(tmp_path, config, override, "--train.max_steps=2")

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from configs import UserError
-from helpers import run_config
 from small_tasks import linear_theory as lt
+
+from helpers import run_config
 
 CONFIG = "small_tasks/lazy_rich.toml"
 # two modes, learned by t = 3: lr 2e-3 for 1,500 steps (the reference: four modes, lr 1e-3, t = 12)

@@ -1,10 +1,21 @@
 """The L2 max-margin QP against two independent solvers, and the max-margin claims in plain numpy:
-normalised gradient descent on the exponential loss of u x1 + v x2 (homogeneous) and u x1 + v^2 x2."""
+normalised gradient descent on the exponential loss of u x1 + v x2 (homogeneous) and u x1 + v^2 x2;
+then the task through the trainer: a fast run, held-out data, and a failing run for every check."""
 
 import numpy as np
 import pytest
+import torch
+from test_lazy_rich import failed
 
+from configs import UserError
+from runtime import Context
 from small_tasks.margins import l2_margin, max_margin
+from small_tasks.quasi_homogeneous import NETWORKS, QuasiHomogeneousTask
+
+from helpers import run_config, train_config
+
+CONFIG = "small_tasks/quasi_homogeneous.toml"
+FAST = ["--train.max_steps=1000", "--optim.lr=0.3"]  # three decades, arc length 300 (reference: 1e4 steps of 0.1)
 
 
 def separable(seed, n=20, d=2):
@@ -97,3 +108,54 @@ def test_homogeneous_direction_goes_to_the_l2_max_margin_and_quasi_homogeneous_d
     assert all(a > b for a, b in zip(angle[-5:], angle[-4:])) and angle[-1] < angle[-5] / 8 and angle[-1] < 2e-3
     ratio = [abs(u) / (abs(u) + v * v) for _, u, v in normalised_descent(x, y, 2, 4096)]
     assert all(a > b for a, b in zip(ratio, ratio[1:])) and ratio[-1] < 1e-3
+
+
+def test_fast_run_passes_every_check(tmp_path):
+    s = run_config(tmp_path, CONFIG, *FAST)
+    assert failed(s) == []
+    robust = s["checks"]["quasi_homogeneous_less_robust"]
+    assert robust["robustness_ratio"] < 0.2  # x2's margin 0.1 against the max margin ~1
+    assert (tmp_path / "t" / "quasi_homogeneous.png").exists() and (tmp_path / "t" / "robustness.png").exists()
+
+
+def test_held_out_data_passes(tmp_path):
+    held_out = ["--task.data_seed=5", "--task.robust_x1=0.5", "--task.robust_x2=0.3", "--run.seed=2", "--task.n=30"]
+    assert failed(run_config(tmp_path, CONFIG, *FAST, *held_out)) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "failing"),
+    [
+        # x2 alone no longer separates the toy data: the quasi-homogeneous model must keep x1
+        (["--task.x2_margin=-0.3", "--task.x1_shift=3"], ["quasi_homogeneous_ratio_falls"]),
+        # under two decades of steps, and the quasi-homogeneous classifier has not dropped x1 yet
+        (
+            ["--train.max_steps=50"],
+            ["homogeneous_to_l2_max_margin", "quasi_homogeneous_less_robust", "quasi_homogeneous_ratio_falls"],
+        ),
+        # weight decay on every parameter: a finite optimum, where the margins stop growing
+        (["--optim.sgdm.weight_decay=0.5", "--optim.decay=all"], ["homogeneous_to_l2_max_margin", "margin_grows"]),
+    ],
+)
+def test_each_check_rejects_a_run_outside_the_theory(tmp_path, overrides, failing):
+    s = run_config(tmp_path, CONFIG, *FAST, *overrides)
+    assert set(failing) <= set(failed(s)), s["checks"]
+
+
+def test_the_step_is_the_unit_vector_along_minus_the_gradient(tmp_path):
+    """Per network, the objective's gradient is grad L / ||grad L||, so lr is the length of every step."""
+    cfg = train_config(CONFIG, [f"--run.dir={tmp_path}", "--train.max_steps=10"])
+    task = QuasiHomogeneousTask(cfg, Context(device=torch.device("cpu"), run_dir=tmp_path))
+    model = task.build_model()
+    grads = lambda: torch.stack([model.u.grad, model.v.grad], 1)
+    task.log_losses(model).sum().backward()  # grad log L = grad L / L: the same direction as grad L
+    unit = grads() / grads().norm(dim=1, keepdim=True)
+    model.zero_grad()
+    task.loss(model, task.batch(0), 0).backward()
+    torch.testing.assert_close(grads(), unit)
+    assert len(unit) == len(NETWORKS)
+
+
+def test_inseparable_settings_are_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not linearly separable"):
+        run_config(tmp_path, CONFIG, "--task.x2_margin=-0.5", "--train.max_steps=2")
