@@ -164,9 +164,17 @@ class QuasiHomogeneousTask(SmallTask):
             [np.min(self.data[d][1] * (beta[:, k] @ self.data[d][0].T), axis=-1) for k, (d, _) in enumerate(NETWORKS)],
             1,
         )
+        qp_ratio = abs(target[0]) / (abs(target[0]) + target[1])  # where the homogeneous model's |u|/(|u| + v) goes
         checks = {
             "quasi_homogeneous_ratio_falls": self.trend_check(
-                steps, ratio, RATIO_SLOPE, "u/(|u| + v^2) of u x1 + v^2 x2 on the toy data"
+                steps,
+                ratio,
+                RATIO_SLOPE,
+                "u/(|u| + v^2) of u x1 + v^2 x2 on the toy data",
+                homogeneous_ratio={
+                    "observed": round(float(abs(u[-1, 1]) / (abs(u[-1, 1]) + v[-1, 1])), 6),
+                    "l2_max_margin": round(float(qp_ratio), 6),
+                },
             ),
             "homogeneous_to_l2_max_margin": self.trend_check(
                 steps,

@@ -160,6 +160,7 @@ def test_relu_checks_reject_runs_without_an_upstream_layer(tmp_path, overrides):
         (MINIMAL, "--task.n=3", "task.n >= task.d"),
         (MINIMAL, "--task.a0=0", "task.a0 != 0"),
         (MINIMAL, "--task.eta=2", "did you mean 'task.eta_"),
+        (MINIMAL, "--task.sweep=[0,1,2]", "a delta < 0"),
         (RELU, "--task.width=7", "must be even"),
     ],
 )

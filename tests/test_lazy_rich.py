@@ -182,10 +182,17 @@ def test_fast_reference_passes_every_check(tmp_path):
     assert (tmp_path / "t" / "lazy_rich.png").stat().st_size > 0 and (tmp_path / "t" / "kernel_distance.png").exists()
 
 
-def test_held_out_lambda_spectrum_and_seeds_pass(tmp_path):
-    held_out = ["--task.lambda=-3", "--task.singular_values=[2.5,1.2]", "--run.seed=3", "--task.data_seed=7"]
-    s = run_config(tmp_path, CONFIG, *FAST, *held_out)
-    assert failed(s) == []
+@pytest.mark.parametrize(
+    "held_out",
+    [
+        ["--task.lambda=-3", "--task.singular_values=[2.5,1.2]", "--run.seed=3", "--task.data_seed=7"],
+        # the flow time is the sum of the step sizes, so a warmup and a cosine decay are the same flow
+        ["--optim.lr=3e-3", "--optim.schedule=cosine", "--optim.warmup_steps=100"],
+    ],
+    ids=["lambda, spectrum, seeds", "a schedule"],
+)
+def test_held_out_settings_pass(tmp_path, held_out):
+    assert failed(run_config(tmp_path, CONFIG, *FAST, *held_out)) == []
 
 
 @pytest.mark.parametrize(
