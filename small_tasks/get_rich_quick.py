@@ -352,9 +352,9 @@ class UnbalancedReLUConfig:
 
 
 def summarize(values: np.ndarray) -> dict[str, Any]:
-    """Mean and spread over instances, of those that reached a value (NaN: never reached)."""
+    """Mean and spread over instances; where some never reached a value (NaN), over those that did."""
     done = values[np.isfinite(values)]
-    out: dict[str, Any] = {"reached": f"{len(done)}/{len(values)}"}
+    out: dict[str, Any] = {} if len(done) == len(values) else {"reached": f"{len(done)}/{len(values)}"}
     if len(done):
         out.update(mean=round(float(done.mean()), 4), std=round(float(done.std()), 4))
     return out

@@ -160,14 +160,17 @@ class QuasiHomogeneousTask(SmallTask):
         target = self.max_margin["toy"] / np.linalg.norm(self.max_margin["toy"])
         cos = beta[:, 1] @ target / np.linalg.norm(beta[:, 1], axis=-1)
         angle = np.arccos(np.clip(cos, -1, 1))
-        margins = np.stack(
-            [np.min(self.data[d][1] * (beta[:, k] @ self.data[d][0].T), axis=-1) for k, (d, _) in enumerate(NETWORKS)],
-            1,
-        )
+        scores = np.stack([self.data[d][1] * (beta[:, k] @ self.data[d][0].T) for k, (d, _) in enumerate(NETWORKS)], 1)
+        margins = scores.min(-1)  # (T, K)
+        # past separability in the sense of the max-margin theorems: the exponential loss below 1/n, so that
+        # every point is classified with exp(-y f) < 1; before it the direction has no reason to settle
+        log_loss = np.log(np.exp(-(scores - margins[..., None])).mean(-1)) - margins
+        separated = log_loss < -np.log(self.tc.n)
         qp_ratio = abs(target[0]) / (abs(target[0]) + target[1])  # where the homogeneous model's |u|/(|u| + v) goes
         checks = {
             "quasi_homogeneous_ratio_falls": self.trend_check(
                 steps,
+                separated[:, 0],
                 ratio,
                 RATIO_SLOPE,
                 "u/(|u| + v^2) of u x1 + v^2 x2 on the toy data",
@@ -178,6 +181,7 @@ class QuasiHomogeneousTask(SmallTask):
             ),
             "homogeneous_to_l2_max_margin": self.trend_check(
                 steps,
+                separated[:, 1],
                 angle,
                 ANGLE_SLOPE,
                 "angle of (u, v) to the L2 max-margin direction (QP) on the toy data",
@@ -201,22 +205,30 @@ class QuasiHomogeneousTask(SmallTask):
         }
 
     @staticmethod
-    def trend_check(steps: np.ndarray, values: np.ndarray, slope_max: float, what: str, **extra: Any) -> dict[str, Any]:
-        """``values`` at log-spaced steps fall from each decade (step 10, 100, ...) to the next, and over the
-        last decade, fitted on log-log axes, with a slope of at most ``slope_max``. Within a decade the path
-        may turn (u crosses zero, the direction overshoots the QP's once), so monotonicity is asked of decades;
-        a quantity that settles at a positive value (the model keeps x1, or stops short of the QP's direction)
-        flattens out and fails the slope."""
-        decades = [i for i, s in enumerate(steps) if s >= 10 and np.log10(s) % 1 == 0]
+    def trend_check(
+        steps: np.ndarray, separated: np.ndarray, values: np.ndarray, slope_max: float, what: str, **extra: Any
+    ) -> dict[str, Any]:
+        """``values`` at log-spaced steps fall from each decade (step 10, 100, ...) to the next once the network
+        is past separability (exponential loss < 1/n), and over the last decade, fitted on log-log axes,
+        with a slope of at most ``slope_max``. Before separability, and within a decade, the path may turn
+        (the direction overshoots the QP's, u crosses zero), so the trend is read over decades. A quantity
+        that settles at a positive value (the model keeps x1, or stops short of the QP's direction) flattens
+        out and fails the slope; a run with fewer than two decades past separability fails."""
+        past = np.nonzero(separated)[0]
+        start = steps[past[0]] if len(past) else np.inf
+        decades = [i for i, s in enumerate(steps) if s >= max(start, 10) and np.log10(s) % 1 == 0]
         last = steps >= steps[-1] / 10
         if len(decades) < 2 or last.sum() < 3 or not np.all(values[last] > 0):
-            return check(False, f"{what}: falling over decades", None, reason="fewer than two decades of steps")
+            reason = "fewer than two decades of steps past separability"
+            return check(False, f"{what}: falling over decades", None, reason=reason, separated_at=float(start))
         falls = bool(np.all(np.diff(values[decades]) < 0))
         slope = float(np.polyfit(np.log(steps[last]), np.log(values[last]), 1)[0])
         return check(
             falls and slope <= slope_max,
-            f"{what}: falling from decade to decade, log-log slope over the last decade <= {slope_max}",
+            f"{what}: falling from decade to decade past separability, log-log slope over the last decade "
+            f"<= {slope_max}",
             {"slope": round(slope, 3), "by_decade": {int(steps[i]): float(f"{values[i]:.4g}") for i in decades}},
+            separated_at=int(start),
             **extra,
         )
 

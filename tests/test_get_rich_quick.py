@@ -140,7 +140,7 @@ def test_fast_relu_experiment_passes(tmp_path):
     s = run_config(tmp_path, RELU, *FAST_RELU)
     assert failed(s) == []
     speed = s["checks"]["upstream_aligns_faster"]["speedup"]
-    assert speed["reached"] == "3/3" and speed["mean"] > 2
+    assert "reached" not in speed and speed["mean"] > 2  # every instance reached the threshold
     assert (tmp_path / "t" / "alignment.png").exists()
 
 
