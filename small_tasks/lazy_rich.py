@@ -259,8 +259,9 @@ class LazyRichTask(SmallTask):
         first = 2
         lams = np.array(self.lambdas[first:])
         t = lambda m: np.swapaxes(m, -2, -1)
-        a_obs, m_obs = t(w1) @ w1, w2 @ t(w2)
-        observed = lt.ntk_distance(a_obs[0, first:], m_obs[0, first:], a_obs[-1, first:], m_obs[-1, first:])
+        a0, m0 = t(self.w1_0) @ self.w1_0, self.w2_0 @ t(self.w2_0)
+        a_end, m_end = t(w1[-1]) @ w1[-1], w2[-1] @ t(w2[-1])
+        observed = lt.ntk_distance(a0[first:], m0[first:], a_end[first:], m_end[first:])
         expected = []
         for q in theory[first:]:
             _, a, m = lt.blocks(q, self.tc.d_in)
@@ -302,13 +303,7 @@ class LazyRichTask(SmallTask):
             lam = self.lambdas[k]
             if k == 1:  # the aligned twin: the per-mode ODE
                 sim = np.einsum("oi,tok,ki->ti", self.u_modes, prod_obs[:, 1], self.v_modes)
-                th = np.stack(
-                    [
-                        lt.mode_trajectory(dense, self.tc.init_scale, s, lam) if s > 0 else np.zeros_like(dense)
-                        for s in self.mode_targets
-                    ],
-                    1,
-                )
+                th = np.stack([lt.mode_trajectory(dense, self.tc.init_scale, s, lam) for s in self.mode_targets], 1)
                 title, ylabel = f"aligned, lambda={lam:g}: modes vs the mode ODE", "u_i^T W2 W1 v_i"
             else:
                 q = lt.riccati_qqt(*self.networks()[k][:2], self.teacher, lam, dense)

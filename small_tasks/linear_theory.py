@@ -108,6 +108,8 @@ def mode_trajectory(times: np.ndarray, s0: float, target: float, lam: float) -> 
     """s(t) of an aligned mode, by inverting the monotone ``mode_time`` with bisection."""
     if s0 == target:  # a fixed point
         return np.full(len(times), float(target))
+    if target == 0 and lam == 0:  # ds/dt = -2 s^2, where mode_time's r vanishes
+        return s0 / (1 + 2 * s0 * np.asarray(times, dtype=float))
     lo = np.full(len(times), float(s0))
     hi = np.full(len(times), float(target))
     for _ in range(200):  # each halves the bracket: far below float resolution

@@ -116,6 +116,14 @@ def test_mode_ode_closed_form(lam, s0):
     np.testing.assert_allclose(lt.mode_time(ys[resolved], s0, target, lam), times[resolved], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("lam", [0.0, 2.0])
+def test_a_mode_with_target_zero_decays(lam):
+    """A mode the teacher lacks (hidden > rank): ds/dt = -sqrt(lambda^2 + 4 s^2) s, algebraic at lambda = 0."""
+    f = lambda s: -np.sqrt(lam**2 + 4 * s**2) * s
+    ys = rk4(f, np.array(0.5), 3.0, 30000)[::3000]
+    np.testing.assert_allclose(lt.mode_trajectory(np.linspace(0, 3.0, len(ys)), 0.5, 0.0, lam), ys, rtol=1e-9)
+
+
 def test_mode_time_at_lambda_zero_is_the_logistic():
     s0, target, s = 1e-3, 3.0, 1.5
     expected = np.log(s * (target - s0) / (s0 * (target - s))) / (2 * target)
