@@ -281,10 +281,10 @@ class GetRichQuickTask(SmallTask):
         s = np.linalg.norm(self.beta_star)
         proj_sim = (a[:, :, None] * w) @ self.beta_star / s**2
         proj_th = np.stack([m.beta(dense) @ self.beta_star / s**2 for m in self.models], 1)
-        labels = [f"delta={d:.3g}" for d in self.deltas]
+        labels = [f"main, delta={round(float(self.deltas[0]), 9) + 0.0:.3g}"] + [f"delta={d:g}" for d in self.tc.sweep]
         panels = [
             Panel(
-                f"main, delta={main.delta:.3g}: (delta + 2 eta_a nu)/D, nu = w.beta*/a",
+                f"main, delta={round(main.delta, 9) + 0.0:.3g}: (delta + 2 eta_a nu)/D, nu = w.beta*/a",
                 times,
                 u(nu_sim)[:, None],
                 dense,

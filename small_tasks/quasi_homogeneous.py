@@ -293,6 +293,7 @@ class QuasiHomogeneousTask(SmallTask):
                 ["simulation"],
                 logx=True,
                 logy=True,
+                theory_label="rate log k / k^2",
             ),
             Panel(
                 "toy, u x1 + v x2: angle to the L2 max-margin direction",
@@ -305,9 +306,10 @@ class QuasiHomogeneousTask(SmallTask):
                 ["simulation"],
                 logx=True,
                 logy=True,
+                theory_label="rate 1 / k",
             ),
             Panel(
-                "L2 margin of the classifier; dashed: predicted limits",
+                "L2 margin of the classifier (robustness radius)",
                 steps,
                 np.array(margin_curves).T,
                 ends,
@@ -316,6 +318,7 @@ class QuasiHomogeneousTask(SmallTask):
                 "min_i y_i beta.x_i / |beta|",
                 labels,
                 logx=True,
+                theory_label="predicted limits",
             ),
         ]
         plot_panels(run_dir / "quasi_homogeneous.png", panels, "exponential loss, unit-length steps", columns=3)
