@@ -246,7 +246,9 @@ class GetRichQuickTask(SmallTask):
         nonneg, neg = [i for i in order if deltas[i] >= 0], [i for i in order if deltas[i] < 0]
         lazy = all(kernel_obs[i] > kernel_obs[j] for i, j in zip(nonneg, nonneg[1:]))
         rich = all(kernel_obs[i] > kernel_obs[nonneg[0]] for i in neg)
-        share_match = bool(np.all(np.abs(share_obs - share_th) <= SWEEP_TOL))  # NaN (never halved) fails
+        # NaN (never halved) fails; so does a trace with steps missing (a resumed run), where the first
+        # halving may lie in the steps it did not record
+        share_match = bool(np.isfinite(per_step).all() and np.all(np.abs(share_obs - share_th) <= SWEEP_TOL))
         groups = [share_obs[deltas < 0], share_obs[deltas == 0], share_obs[deltas > 0]]
         groups = [g for g in groups if len(g)]
         by_sign = len(groups) > 1 and all(lo.max() < hi.min() for lo, hi in zip(groups, groups[1:]))
@@ -469,7 +471,9 @@ class UnbalancedReLUTask(SmallTask):
             for j in range(len(self.DELTAS)):
                 hit = np.nonzero(align[:, i, j] >= threshold[i])[0]
                 reach[i, j] = hit[0] if len(hit) and gain[i] > 0 else np.nan
-        faster = bool(np.all(reach[:, up] < reach[:, bal]))  # NaN compares False: never reaching it fails
+        # NaN compares False, so never reaching it fails; a trace with steps missing (a resumed run) fails too,
+        # as the threshold may have been reached in the steps it did not record
+        faster = bool(np.isfinite(align).all() and np.all(reach[:, up] < reach[:, bal]))
         final_gain = align[-1] - align[0]
         ordered = bool(np.all((final_gain[:, up] > final_gain[:, bal]) & (final_gain[:, bal] > final_gain[:, down])))
         names = [f"delta={s * tc.delta:g}" for s in self.DELTAS]
