@@ -18,7 +18,6 @@ scale splits across the layers. Float64 throughout.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,14 +91,7 @@ class LazyRichTask(SmallTask):
     data_seed_key = "data_seed"
 
     def __init__(self, cfg: Config, ctx: Context):
-        if "lambda_" in cfg.task:
-            raise UserError("the balance is task.lambda (not task.lambda_)")
-        task = {("lambda_" if k == "lambda" else k): v for k, v in cfg.task.items()}
-        try:
-            super().__init__(dataclasses.replace(cfg, task=task), ctx)
-        except UserError as e:
-            raise UserError(str(e).replace("'task.lambda_'", "'task.lambda'")) from None
-        self.cfg = cfg
+        super().__init__(cfg, ctx)
         tc = self.tc
         rng = np.random.default_rng([tc.data_seed, DATA])
         u_full, v_full = lt.random_orthonormal(rng, tc.d_out, tc.d_out), lt.random_orthonormal(rng, tc.d_in, tc.d_in)
