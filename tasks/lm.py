@@ -14,7 +14,7 @@ from data.dataset import DATA_RECORD, TOKENIZER_DIR, open_dataset
 from eval.logic import run_suite
 from eval.sample import sample_text
 from eval.val import validation_loss
-from model import GPT, draw_biases
+from model import GPT, BiasDraws
 from runtime import Context, to_device
 from tasks.base import Task
 
@@ -41,6 +41,8 @@ class LMTask(Task):
 
     def build_model(self) -> nn.Module:
         self.model = GPT.from_config(self.cfg, self.tokenizer.vocab_size)
+        # this rank reads micro-batches rank, rank + world_size, ...: their biases are drawn ahead on the device
+        self.biases = BiasDraws(self.model.bias_spec, self.cfg.run.seed, self.ctx.device, stride=self.ctx.world_size)
         return self.model
 
     def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +50,8 @@ class LMTask(Task):
         return to_device(x, self.ctx.device), to_device(y, self.ctx.device)
 
     def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
-        biases = draw_biases(self.model.bias_spec, self.cfg.run.seed, micro_index, self.ctx.device)
         x, y = batch
-        return model(x, y, biases)[1]
+        return model(x, y, self.biases(micro_index))[1]
 
     @property
     def tokens_per_micro_batch(self) -> int:

@@ -252,6 +252,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the loop
 
     def train(self) -> None:
+        self.start_training()
+        while self.state.step < self.max_steps:
+            if self.end_step(self.train_step()):
+                break
+
+    def start_training(self) -> None:
+        """What the steps share: clocks, the MFU figures, the loss buffers; the model in training mode.
+        (Benchmarks call it, then ``train_step`` directly, to time the steps the trainer runs.)"""
         self.t_start = self.t_log = time.time()
         self.tokens_log = self.state.tokens
         self.fpt = self.task.flops_per_token(self.model)
@@ -260,9 +268,6 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.ctx.device)
         self.shared = torch.zeros(2, device=self.ctx.device)  # [mean loss, stop flag]: one all-reduce per sync
         self.model.train()
-        while self.state.step < self.max_steps:
-            if self.end_step(self.train_step()):
-                break
 
     def train_step(self) -> StepResult:
         cfg, s = self.cfg, self.state
