@@ -31,6 +31,7 @@ from configs import MODES, SymmetryConfig
 __all__ = ["MODES", "BiasDraws", "BiasSpec", "draw_biases", "draw_key", "reference_biases"]
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
+DRAWS = "counter-hash-1"  # names the draw function: a resumed run must replay the draws it started with
 STREAMS = ("q", "v", "k")  # fixed counter slots: a stream's draw does not depend on which others are on
 CHUNK_VALUES = 1 << 21  # BiasDraws draws this many values per call (a few MiB of int64 temporaries)
 

@@ -94,6 +94,7 @@ def rotation_when_half_learned(loss: np.ndarray, angle: np.ndarray) -> np.ndarra
 class GetRichQuickTask(SmallTask):
     config_class = GetRichQuickConfig
     data_seed_key = "data_seed"
+    recorded = ("trace", "recorder", "per_step")
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
@@ -382,6 +383,7 @@ class ReLUNetworks(nn.Module):
 class UnbalancedReLUTask(SmallTask):
     config_class = UnbalancedReLUConfig
     data_seed_key = "data_seed"
+    recorded = ("trace", "alignment")
     DELTAS = (-1.0, 0.0, 1.0)  # times task.delta: downstream, balanced, upstream
 
     def __init__(self, cfg: Config, ctx: Context):

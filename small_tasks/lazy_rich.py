@@ -89,6 +89,7 @@ class LinearNetworks(nn.Module):
 class LazyRichTask(SmallTask):
     config_class = LazyRichConfig
     data_seed_key = "data_seed"
+    recorded = ("trace", "recorder", "modes")
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)

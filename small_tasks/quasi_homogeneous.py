@@ -95,6 +95,7 @@ class TwoFeatureModels(nn.Module):
 class QuasiHomogeneousTask(SmallTask):
     config_class = QuasiHomogeneousConfig
     data_seed_key = "data_seed"
+    recorded = ("trace", "recorder")
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)

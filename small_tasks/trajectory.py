@@ -60,6 +60,22 @@ class Recorder:
                 self.buffers[name] = torch.full(shape, float("nan"), dtype=value.dtype, device=self.device)
             self.buffers[name][i] = value.detach()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"steps": torch.as_tensor(self.steps), **self.buffers}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Records from a checkpoint, matched by step (a run resumed to train longer records other steps)."""
+        saved_steps = state["steps"].tolist()
+        rows = [(i, self.slot[s]) for i, s in enumerate(saved_steps) if s in self.slot]
+        for name, saved in state.items():
+            if name == "steps":
+                continue
+            if name not in self.buffers:
+                shape = (len(self.steps), *saved.shape[1:])
+                self.buffers[name] = torch.full(shape, float("nan"), dtype=saved.dtype, device=self.device)
+            for src, dst in rows:
+                self.buffers[name][dst] = saved[src].to(self.device)
+
     def numpy(self, name: str) -> np.ndarray:
         return self.buffers[name].cpu().numpy()
 

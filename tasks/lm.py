@@ -15,6 +15,7 @@ from eval.logic import run_suite
 from eval.sample import sample_text
 from eval.val import validation_loss
 from model import GPT, BiasDraws
+from model.symmetry import DRAWS
 from runtime import Context, to_device
 from tasks.base import Task
 
@@ -34,6 +35,16 @@ class LMTask(Task):
         self.train = self.data.stream("train", cfg.train.batch_size, m.block_size, cfg.run.seed)
         eval_bs = cfg.eval.batch_size or cfg.train.batch_size
         self.val = self.data.stream("val", eval_bs, m.block_size, cfg.run.seed, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bias_draws": DRAWS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.model.bias_spec.draws_anything and state.get("bias_draws") != DRAWS:
+            raise UserError(
+                "the checkpoint was written by an earlier version that drew the attention biases another way, "
+                "so a resume could not replay its draws; start a new run from its weights with --run.init_from=PATH"
+            )
 
     def write_run_files(self, run_dir: Path) -> None:
         self.data.save_tokenizer(run_dir / TOKENIZER_DIR)

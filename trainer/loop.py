@@ -200,6 +200,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             detail = " ".join(str(e).split())[:300]
             raise UserError(f"'{path}' does not fit this model and optimizer ({detail}); check the config") from None
+        self.task.load_state_dict(state.get("task", {}))
         self.state = TrainState.from_checkpoint(state, ctx.rank, ctx.world_size, ctx.device)
         return Path(path)
 
@@ -418,6 +419,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "config": to_dict(cfg),
             "world_size": ctx.world_size,
+            "task": self.task.state_dict(),
             **self.state.to_checkpoint(time.time() - self.t_start, rngs),
         }
         ctx.run_on_main(lambda: save_checkpoint(ctx.run_dir, self.state.step, payload, cfg.train.keep_checkpoints))
