@@ -231,7 +231,8 @@ class StopAt(Hook):
 def test_records_kept_by_tasks_survive_a_preemption(tmp_path, config, overrides):
     """A run stopped midway and resumed reports what the uninterrupted run reports: the per-step and
     sampled records of the steps before the stop travel in the checkpoint."""
-    common = [f"--run.dir={tmp_path}", "--train.progress=false", "--run.threads=1", "--train.sync_interval=1", *overrides]
+    common = [f"--run.dir={tmp_path}", "--train.progress=false", "--run.threads=1", "--train.sync_interval=1"]
+    common += overrides
     whole = Trainer(load_config(CFG + config, [*common, "--run.name=whole"])).run()
     stopped = Trainer(load_config(CFG + config, [*common, "--run.name=cut"]), hooks=[StopAt(97)])
     stopped.run()
