@@ -34,7 +34,7 @@ from runtime import Context
 from small_tasks import linear_theory as lt
 from small_tasks.theory_plots import Panel, SweepPanel, plot_families, plot_panels, plot_sweeps
 from small_tasks.trajectory import Recorder, flow_times, record_steps
-from tasks import SmallTask, check
+from tasks import EnsembleTask, check
 
 DELTA_TOL = 0.01  # |delta(t) - delta(0)| / D, D = sqrt(delta^2 + 4 eta_a eta_w s^2)
 NU_TOL = 0.01  # chordal distance between (delta + 2 eta_a nu)/D simulated and closed form
@@ -91,7 +91,7 @@ def rotation_when_half_learned(loss: np.ndarray, angle: np.ndarray) -> np.ndarra
     return out
 
 
-class GetRichQuickTask(SmallTask):
+class GetRichQuickTask(EnsembleTask):
     config_class = GetRichQuickConfig
     data_seed_key = "data_seed"
     recorded = ("trace", "recorder", "per_step")
@@ -136,16 +136,8 @@ class GetRichQuickTask(SmallTask):
             for p in g["params"]
         ]
 
-    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
     def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(x) - y).square().mean(-1)
-
-    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
-        loss = self.losses(model, *batch).sum()  # independent networks: each gets its own gradient
-        self.record(micro_index, loss)
-        return loss
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -380,7 +372,7 @@ class ReLUNetworks(nn.Module):
         return (torch.relu(x @ self.w.transpose(1, 2)) * self.a[:, None, :]).sum(-1)
 
 
-class UnbalancedReLUTask(SmallTask):
+class UnbalancedReLUTask(EnsembleTask):
     config_class = UnbalancedReLUConfig
     data_seed_key = "data_seed"
     recorded = ("trace", "alignment")
@@ -424,16 +416,8 @@ class UnbalancedReLUTask(SmallTask):
         self.alignment[0] = self.align(model.w.detach())
         return model
 
-    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
     def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(x) - y).square().mean(-1)
-
-    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
-        loss = self.losses(model, *batch).sum()  # independent networks: each gets its own gradient
-        self.record(micro_index, loss)
-        return loss
 
     @property
     def tokens_per_micro_batch(self) -> int:

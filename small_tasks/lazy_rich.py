@@ -30,7 +30,7 @@ from runtime import Context
 from small_tasks import linear_theory as lt
 from small_tasks.theory_plots import Panel, SweepPanel, plot_panels, plot_sweeps
 from small_tasks.trajectory import Recorder, flow_times, record_steps
-from tasks import SmallTask, check
+from tasks import EnsembleTask, check
 
 PRODUCT_TOL = 0.01  # ||W2 W1 - closed form||_F / ||Sigma_yx||_F at every recorded step
 BALANCE_TOL = 0.01  # ||W2^T W2 - W1 W1^T - lambda I||_F / ||Sigma_yx||_F at every recorded step
@@ -86,7 +86,7 @@ class LinearNetworks(nn.Module):
         return torch.einsum("koi,ni->kno", self.product(), x)
 
 
-class LazyRichTask(SmallTask):
+class LazyRichTask(EnsembleTask):
     config_class = LazyRichConfig
     data_seed_key = "data_seed"
     recorded = ("trace", "recorder", "modes")
@@ -124,16 +124,8 @@ class LazyRichTask(SmallTask):
         self.recorder.record(0, w1=model.w1, w2=model.w2)
         return model
 
-    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
     def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(x) - y).square().sum(-1).mean(-1)
-
-    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
-        loss = self.losses(model, *batch).sum()  # independent networks: each gets its own gradient
-        self.record(micro_index, loss)
-        return loss
 
     @property
     def tokens_per_micro_batch(self) -> int:

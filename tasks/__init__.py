@@ -11,9 +11,9 @@ import importlib
 from configs import Config, UserError
 from runtime import Context
 from tasks.base import Task
-from tasks.small import SmallTask, check
+from tasks.small import EnsembleTask, SmallTask, check
 
-__all__ = ["Task", "SmallTask", "check", "TASKS", "task_class", "build_task"]
+__all__ = ["Task", "SmallTask", "EnsembleTask", "check", "TASKS", "task_class", "build_task"]
 
 TASKS: dict[str, str] = {
     "lm": "tasks.lm:LMTask",

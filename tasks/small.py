@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from configs import Config, UserError, build_section
 from runtime import Context
@@ -66,3 +67,22 @@ class SmallTask(Task):
 
     def trace_numpy(self) -> np.ndarray:
         return self.trace.double().cpu().numpy()
+
+
+class EnsembleTask(SmallTask):
+    """Independent networks trained side by side on one full batch ``(self.x, self.y)``: the training loss
+    is the sum of their losses (``losses`` gives one per network), so each gets its own gradient."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
+        loss = self.losses(model, *batch).sum()
+        self.record(micro_index, loss)
+        return loss
