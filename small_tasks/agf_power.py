@@ -10,15 +10,16 @@ alternating phases:
   flow splits into a direction flow on the unit sphere and a log-norm that integrates the utility:
       d theta_bar / dt = e^(q l) P grad U(theta_bar),    d l / dt = e^(q l) h U(theta_bar),
   where q = p + h - 2 for an optimizer that scales neuron i's step by |theta_i|^p (p = 0: plain gradient
-  descent, q = 1; per-neuron SGD with p = 1 - k, q = 0);
+  descent, q = 1; per-neuron SGD with p = 1 - k, q = 0). ``DormantFlow`` integrates this exactly up to
+  the direction's turning (the log-norm in closed form at each step's utility);
 - cost minimisation over the active neurons: when a dormant neuron's norm reaches ``threshold`` it joins
-  the active set, and the active neurons minimise the loss (in no time); their residual starts the next
-  utility phase. Dormant neurons keep their direction and norm across phases.
+  the active set and the active set minimises the loss. ``class_agf`` takes that minimum in closed form:
+  the class of irreps the neuron is aligned with is fitted exactly (its share of the residual goes to 0,
+  the plateau the theory predicts), together with the dormant neurons aligned with that class, which
+  grow with its drop and join its fit. Dormant neurons keep their direction and norm across phases.
 
-The result is a staircase: the loss after each cost minimisation and the flow time of each activation.
-It starts from the run's own initial weights, so it predicts that run (which neuron learns what, and when),
-not only the order of the template's irreps. Flow time converts to optimizer steps as
-steps = t * (1 - momentum) / lr.
+It starts from the run's own initial weights, so it predicts that run: when each class starts to drop.
+Flow time converts to optimizer steps as steps = t * (1 - momentum) / lr.
 """
 
 from __future__ import annotations
@@ -27,20 +28,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-
-
-@dataclass
-class AGFStaircase:
-    times: list[float] = field(default_factory=list)  # flow time of each activation event
-    levels: list[float] = field(default_factory=list)  # loss at the start, then after each event's cost minimisation
-    joined: list[list[int]] = field(default_factory=list)  # the neurons that became active at each event
-    residuals: list[torch.Tensor] = field(default_factory=list)  # y - f after each event's cost minimisation
-    t_end: float = 0.0  # flow time the prediction covers
-
-    def loss_at(self, t: float) -> float:
-        """The predicted loss at flow time t (a step function)."""
-        i = sum(1 for s in self.times if s <= t)
-        return self.levels[i]
 
 
 def _utility(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor, w: torch.Tensor, k: int):
@@ -53,50 +40,6 @@ def _utility(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor, w: torch.Tensor,
     gu = c * k * (sk1 * rw).T @ x
     gw = c * (sk1 * s).T @ r
     return util, gu, gw
-
-
-def _loss_and_grad(x: torch.Tensor, y: torch.Tensor, flat: torch.Tensor, a: int, k: int):
-    """The loss mean((f - y)^2) of the neurons packed in ``flat`` (a rows of u, then a rows of w), and its gradient."""
-    d = x.shape[1]
-    u, w = flat[: a * d].view(a, d), flat[a * d :].view(a, -1)
-    s = x @ u.T
-    sk1 = s.pow(k - 1)
-    err = (sk1 * s) @ w - y
-    c = 2.0 / err.numel()
-    g = torch.cat([(c * k * (sk1 * (err @ w.T)).T @ x).flatten(), (c * (sk1 * s).T @ err).flatten()])
-    return float(err.square().mean()), g
-
-
-def _minimise(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, w: torch.Tensor, k: int, max_iter: int) -> float:
-    """Cost minimisation: the active neurons (u: (a, D), w: (a, n_out)) descend to a minimum of the loss, in place.
-
-    L-BFGS in rounds of 250 iterations, until a round lowers the loss by less than 1e-8 of itself: the
-    active set's surface has saddles that take thousands of iterations to leave, and a budget shorter
-    than that returns a saddle instead of the minimum."""
-    a = len(u)
-    flat = torch.cat([u.flatten(), w.flatten()])
-    flat.grad = torch.zeros_like(flat)
-
-    def closure() -> torch.Tensor:
-        loss, g = _loss_and_grad(x, y, flat, a, k)
-        flat.grad.copy_(g)
-        return torch.tensor(loss)
-
-    opt = torch.optim.LBFGS(
-        [flat], lr=1.0, max_iter=250, history_size=10, tolerance_grad=1e-14, tolerance_change=0.0,
-        line_search_fn="strong_wolfe",
-    )
-    loss = float(closure())
-    for _ in range(max(1, max_iter // 250)):
-        opt.step(closure)
-        new = float(closure())
-        if loss - new <= 1e-8 * new:
-            break
-        loss = new
-    d = x.shape[1]
-    u.copy_(flat[: a * d].view(a, d))
-    w.copy_(flat[a * d :].view(a, -1))
-    return float(closure())
 
 
 def _flow_time(
@@ -192,8 +135,22 @@ def dormant_directions(
     return flow.direction
 
 
+@dataclass
+class ClassOnsets:
+    onset: dict[int, float] = field(default_factory=dict)  # class -> flow time its first neuron activates
+    first: dict[int, int] = field(default_factory=dict)  # class -> that neuron
+    absorbed: dict[int, list[int]] = field(default_factory=dict)  # class -> dormant neurons that join its fit
+
+
+def class_shares(theta: torch.Tensor, blocks: int, basis: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Each neuron's weight per class (m, C): rows of ``theta`` cut into ``blocks`` vectors of R^|G|, each
+    expressed in ``basis`` (columns grouped by class, ``owner`` (|G|, C) one-hot)."""
+    parts = theta.reshape(len(theta), blocks, basis.shape[0])
+    return (parts @ basis).square().sum(1) @ owner
+
+
 @torch.no_grad()
-def power_network_agf(
+def class_agf(
     x: torch.Tensor,
     y: torch.Tensor,
     w_in: torch.Tensor,
@@ -201,35 +158,34 @@ def power_network_agf(
     power: int,
     norm_power: float,
     t_max: float,
+    basis: torch.Tensor,
+    owner: torch.Tensor,
     threshold: float = 1.0,
     step_tol: float = 0.01,
-    loss_floor: float = 1e-9,
-    max_cm_iter: int = 20_000,
-) -> AGFStaircase:
-    """AGF for f(x) = W_out (W_in x)^power from the initial weights (W_in: (m, D), W_out: (n_out, m)) on the loss
-    mean((f(x) - y)^2), under the flow d theta_i/dt = -|theta_i|^norm_power grad_i L, up to flow time t_max.
+) -> ClassOnsets:
+    """AGF for f(x) = W_out (W_in x)^power (W_in: (m, k |G|), W_out: (|G|, m)) on mean((f(x) - y)^2) under the
+    flow d theta_i/dt = -|theta_i|^norm_power grad_i L, up to flow time t_max, from these initial weights.
 
-    ``step_tol`` bounds how far one integration step turns a direction (radians); within a step the
-    log-norm follows its closed form at the step's utility, and steps land exactly on each activation.
-    """
+    A neuron that reaches the threshold starts the class it is aligned with (the largest share of its
+    weight), unless that class is already learned; the class's part of y leaves the residual, and the
+    dormant neurons with more than half their weight in it are absorbed by its fit."""
     x, y = x.double(), y.double()
+    basis, owner = basis.double(), owner.double()
+    blocks = power + 1
     flow = DormantFlow(w_in, w_out, power, norm_power, threshold)
-    act_u = torch.zeros(0, w_in.shape[1], dtype=torch.float64)
-    act_w = torch.zeros(0, y.shape[1], dtype=torch.float64)
-    residual = y.clone()
-    out = AGFStaircase(levels=[float(y.square().mean())], t_end=t_max)
-    t = 0.0
-    while t < t_max and flow.dormant.any() and out.levels[-1] > loss_floor:
+    residual, t, out = y.clone(), 0.0, ClassOnsets()
+    while t < t_max and flow.dormant.any():
         t, joined = flow.run(x, residual, t, t_max, step_tol)
         if not len(joined):
             break
-        new = threshold * flow.direction[joined]
-        act_u = torch.cat([act_u, new[:, : flow.d_in]])
-        act_w = torch.cat([act_w, new[:, flow.d_in :]])
-        level = _minimise(x, y, act_u, act_w, power, max_cm_iter)
-        residual = y - (x @ act_u.T).pow(power) @ act_w
-        out.times.append(t)
-        out.levels.append(level)
-        out.joined.append(joined.tolist())
-        out.residuals.append(residual)
+        for i in joined.tolist():
+            c = int(class_shares(flow.direction[i : i + 1], blocks, basis, owner).argmax())
+            if c in out.onset:
+                continue
+            cols = basis[:, owner[:, c] > 0]
+            residual = residual - y @ cols @ cols.T
+            shares = class_shares(flow.direction, blocks, basis, owner)
+            absorb = flow.dormant & (shares.argmax(1) == c) & (shares.max(1).values > 0.5 * shares.sum(1))
+            flow.dormant &= ~absorb
+            out.onset[c], out.first[c], out.absorbed[c] = t, i, torch.nonzero(absorb).flatten().tolist()
     return out

@@ -13,6 +13,7 @@ that with a predicted order, where two drops that overlap are a tie: not resolve
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,13 @@ def find_plateaus(
             )
         i = j + 1
     return out
+
+
+def min_plateau_length(t: float, t_end: float, points: int = 400, min_len: int = 4) -> float:
+    """The shortest flat stretch around step t that ``find_plateaus`` (same ``points``, ``min_len``) is sure
+    to see: min_len flat grid points and a neighbour on each side inside it, min_len + 2 spacings of its
+    log grid wherever the grid falls, each about t * ln(t_end) / points."""
+    return (min_len + 2) * t * math.log(max(t_end, 2.0)) / points
 
 
 def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> dict[str, Any]:
