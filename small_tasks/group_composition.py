@@ -182,6 +182,7 @@ class GroupCompositionTask(SmallTask):
         return power.cpu().numpy(), resid.cpu().numpy()
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The loss of the product of all k elements (on every sequence, or a fixed sample of them)."""
         with torch.no_grad():
             return {"val_loss": float((model(self.x) - self.y).square().mean())}
 
@@ -348,7 +349,7 @@ class GroupCompositionTask(SmallTask):
         cp = np.array(self.class_powers())
         learned = staircase.learning_steps(class_steps, resid, cp / self.group.order)
         pred, order, recruited = self.predict()
-        final = float(loss[-1]) if len(loss) else float("nan")
+        final = self.evaluate(model)["val_loss"]  # the composition of all k, whatever the training targets
         if self.theory_applies():
             checks = self.checks(pred, order, recruited, steps, loss, learned)
         else:  # deeper models, other optimizers: composing exactly is the claim, the staircase is not this theory's
@@ -471,7 +472,8 @@ class ModularAdditionTask(GroupCompositionTask):
           frequencies not yet learned, is a plateau of the run within 2%. Fails when two frequencies drop
           together, in a run too short to reach a level.
         - plateaus_are_predicted_levels: the converse for the long plateaus, those spanning at least half
-          the log-time of the shortest predicted one: each is a per-frequency level within 2%. Fails on a
+          the log-time of the shortest predicted one (start to first onset, onset to onset): each is a
+          per-frequency level within 2%. Fails on a
           frequency learned in two long pieces or in the wrong order. (Shorter plateaus are the partial fits
           while a frequency's neurons join one by one, which the per-frequency theory does not resolve.)
         - learned_in_predicted_order: ``staircase.order_check`` on the order of descending U*_c (of |x_hat|).
@@ -484,9 +486,8 @@ class ModularAdditionTask(GroupCompositionTask):
         """
         levels, run = pred["levels"], pred["agf"]
         plateaus = staircase.find_plateaus(steps, loss)
-        at = run["staircase"]["steps"]
-        ends = [*at[1:], float(steps[-1])]
-        span = min((math.log(b / a) for a, b in zip(at, ends) if b > a > 0), default=0.0)
+        at = [1.0, *run["staircase"]["steps"]]  # the predicted plateaus: from the start to each onset, onset to onset
+        span = min((math.log(b / a) for a, b in zip(at[:-1], at[1:]) if b > a), default=0.0)
         long = [p for p in plateaus if math.log(max(p["end"], 1.0) / max(p["start"], 1.0)) >= span / 2]
         labels = [self.class_label(c) for c in range(len(self.classes))]
         final = float(loss[-1]) if len(loss) else float("nan")
