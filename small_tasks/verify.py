@@ -36,11 +36,12 @@ def run_one(config: str, overrides: list[str], seed: int, data_key: str | None, 
     start = time.time()
     with contextlib.redirect_stdout(io.StringIO()):  # the runs' own progress lines would bury the table
         summary = Trainer(load_config(config, args)).run()
-    checks = {k: bool(v["passed"]) for k, v in summary.get("checks", {}).items()}
-    return checks, time.time() - start
+    return summary.get("checks", {}), time.time() - start
 
 
-def plan(config: str, overrides: list[str], seeds: int) -> tuple[str | None, list[tuple[str, int, int | None]]]:
+def plan(
+    config: str, overrides: list[str], seeds: int, data_seeds: int
+) -> tuple[str | None, list[tuple[str, int, int | None]]]:
     """The task's data-seed key and the runs: (kind, run seed, data seed); one run may serve both kinds."""
     cfg = load_config(config, overrides)
     cls = task_class(cfg.task.get("name", "lm"))
@@ -50,20 +51,20 @@ def plan(config: str, overrides: list[str], seeds: int) -> tuple[str | None, lis
     base_data = cfg.task.get(key, getattr(cls.config_class(), key, None)) if key and cls.config_class else None
     runs = [("run", s, base_data) for s in range(seeds)]
     if key is not None:
-        runs += [("data", cfg.run.seed, d) for d in range(seeds)]
+        runs += [("data", cfg.run.seed, d) for d in range(data_seeds)]
     return key, runs
 
 
-def table(results: dict[tuple[int, int | None], dict[str, bool]], runs: list, key: str | None, seeds: int) -> str:
+def table(results: dict[tuple[int, int | None], dict[str, dict]], runs: list, key: str | None) -> str:
     names = list(dict.fromkeys(n for r in results.values() for n in r))
-    kinds = [("run seeds", "run")] + ([(f"{key} seeds", "data")] if key else [])
+    kinds = [("run seeds", "run")] + ([(f"{key} seeds", "data")] if any(k == "data" for k, _, _ in runs) else [])
     width = max([len(n) for n in names] + [5])
     head = f"{'check':<{width}}  " + "  ".join(f"{label:>{max(len(label), 9)}}" for label, _ in kinds)
     lines = [head]
     for n in names:
         cells = []
         for label, kind in kinds:
-            got = [results[(s, d)].get(n) for k, s, d in runs if k == kind]
+            got = [results[(s, d)].get(n, {}).get("passed") for k, s, d in runs if k == kind]
             cells.append(f"{f'{sum(bool(g) for g in got)}/{len(got)}':>{max(len(label), 9)}}")
         lines.append(f"{n:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
@@ -76,15 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m small_tasks.verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="a small task's config, e.g. configs/small_tasks/group_composition.toml")
     ap.add_argument("--seeds", type=int, default=8, help="run seeds 0..N-1, and data seeds 0..N-1")
+    ap.add_argument("--data_seeds", type=int, default=-1, help="data seeds 0..M-1 instead (0: none, for an idle one)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, one process and one thread each")
     ap.add_argument("--out", default="", help="also write the table and every run's checks as JSON here")
     args = ap.parse_args(own)
+    data_seeds = args.seeds if args.data_seeds < 0 else args.data_seeds
     if args.seeds < 1 or args.jobs < 1:
         raise UserError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
     if not Path(args.config).is_file():
         raise UserError(f"config '{args.config}' not found; give the path of a small task's TOML file")
     overrides = [*overrides, "--run.threads=1"]
-    key, runs = plan(args.config, overrides, args.seeds)
+    key, runs = plan(args.config, overrides, args.seeds, data_seeds)
     distinct = list(dict.fromkeys((s, d) for _, s, d in runs))
     start = time.time()
     with tempfile.TemporaryDirectory() as root:
@@ -96,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                 done = list(pool.map(run_one, *zip(*jobs)))
     results = {sd: checks for sd, (checks, _) in zip(distinct, done)}
     wall = time.time() - start
-    text = table(results, runs, key, args.seeds)
+    text = table(results, runs, key)
     print(f"{args.config}: {len(distinct)} runs, {wall:.0f}s wall ({sum(t for _, t in done):.0f}s of runs)")
     print(text)
     for (s, d), checks in results.items():
-        failed = [n for n, ok in checks.items() if not ok]
+        failed = [n for n, c in checks.items() if not c["passed"]]
         if failed:
             print(f"  run.seed={s}" + (f" {key}={d}" if key else "") + f": failed {', '.join(failed)}")
     if args.out:
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": args.config,
             "overrides": overrides,
             "seeds": args.seeds,
+            "data_seeds": data_seeds,
             "data_seed_key": key,
             "wall_s": wall,
             "table": text,

@@ -21,7 +21,7 @@ def test_verify_counts_each_check_over_run_and_data_seeds(tmp_path, capsys):
     assert sorted((r["run_seed"], r["data_seed"]) for r in rates["runs"]) == [(0, 0), (0, 1), (1, 0)]
     # 150 steps: too few for the staircase, so the level and zero-loss checks fail every run
     assert "plateau_levels" in text and "0/2" in text
-    assert all(not r["checks"]["reaches_zero_loss"] for r in rates["runs"])
+    assert all(not r["checks"]["reaches_zero_loss"]["passed"] for r in rates["runs"])
     assert "failed" in text and "run.seed=1 template_seed=0" in text
 
 
