@@ -56,7 +56,8 @@ def class_max_utility(group: Group, template: np.ndarray, power: int) -> np.ndar
 
 def predicted_order(utilities: np.ndarray, rel_tol: float = 1e-9) -> list[list[int]]:
     """Classes with positive utility, strongest first, grouped where utilities tie (they drop together)."""
-    ranked = sorted((c for c in range(len(utilities)) if utilities[c] > 0), key=lambda c: -utilities[c])
+    floor = 1e-12 * max(float(np.max(utilities)), 0.0)  # a class absent from the template has U* ~ rounding
+    ranked = sorted((c for c in range(len(utilities)) if utilities[c] > floor), key=lambda c: -utilities[c])
     groups: list[list[int]] = []
     for c in ranked:
         if groups and abs(utilities[groups[-1][0]] - utilities[c]) <= rel_tol * utilities[c]:

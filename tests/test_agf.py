@@ -6,6 +6,8 @@ import torch
 
 from small_tasks import agf, agf_power, groups, staircase
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread only waits
+
 
 def composition_data(group, template, k):
     seqs = groups.sequences(group, k)
@@ -16,24 +18,22 @@ def composition_data(group, template, k):
 
 def numerical_max_utility(x, y, k, subspace=None, restarts=4, iters=600, lr=0.1, seed=0):
     """The reference: projected gradient ascent of U = (2/(N n)) sum (u.x)^k <w, y> on the unit sphere."""
-    n_in = x.shape[1]
+    n_in, c = x.shape[1], 2 / y.numel()
     gen = torch.Generator().manual_seed(seed)
-    th = torch.randn(restarts, n_in + y.shape[1], dtype=torch.float64, generator=gen)
     project = (lambda t: t @ subspace) if subspace is not None else (lambda t: t)
-    th = project(th)
-    th = (th / th.norm(dim=1, keepdim=True)).requires_grad_(True)
+    th = project(torch.randn(restarts, n_in + y.shape[1], dtype=torch.float64, generator=gen))
+    th = th / th.norm(dim=1, keepdim=True)
     for _ in range(iters):
-        util = 2 / y.numel() * (((x @ th[:, :n_in].T) ** k) * (y @ th[:, n_in:].T)).sum(0)
-        (g,) = torch.autograd.grad(util.sum(), th)
-        with torch.no_grad():
-            th.copy_(project(th + lr * g))
-            th /= th.norm(dim=1, keepdim=True)
-    return float(util.max())
+        s, yw = x @ th[:, :n_in].T, y @ th[:, n_in:].T
+        grad = c * torch.cat([(k * s ** (k - 1) * yw).T @ x, (s**k).T @ y], dim=1)
+        th = project(th + lr * grad)
+        th = th / th.norm(dim=1, keepdim=True)
+    return float((c * (x @ th[:, :n_in].T) ** k * (y @ th[:, n_in:].T)).sum(0).max())
 
 
 @pytest.mark.parametrize(
     ("name", "powers", "k"),
-    [("C5", None, 2), ("D5", [0, 5, 10, 2.5], 2), ("S3", None, 2), ("C2xC3", None, 2), ("S3", None, 3)],
+    [("C5", None, 2), ("D5", [0, 5, 10, 2.5], 2), ("C2xC3", None, 2), ("S3", None, 3)],
 )
 def test_max_utility_closed_form_matches_numerical_maximisation(name, powers, k):
     """U*_c per class against gradient ascent restricted to the class's subspace, and the overall maximum
