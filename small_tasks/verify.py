@@ -36,6 +36,8 @@ def run_one(config: str, overrides: list[str], seed: int, data_key: str | None, 
     start = time.time()
     with contextlib.redirect_stdout(io.StringIO()):  # the runs' own progress lines would bury the table
         summary = Trainer(load_config(config, args)).run()
+    if summary.get("completed") is False:  # SIGINT/SIGTERM stop the run in flight; stop the sweep with it
+        raise UserError(f"run {name} was stopped by a signal; the pass rates are incomplete, nothing was written")
     return summary.get("checks", {}), time.time() - start
 
 
