@@ -234,7 +234,7 @@ class GroupCompositionTask(SmallTask):
 
     def predict(self) -> tuple[dict[str, Any], list[list[int]], list[int]]:
         """The prediction for the summary; the predicted order as groups of class indices; the recruited
-        classes (no neuron aligned with them at the first escape)."""
+        classes (from the first one with fewer aligned neurons at the first escape than it needs on)."""
         out, order, utilities = self.staircase()
         if not self.theory_applies():
             return out, order, []
@@ -243,11 +243,11 @@ class GroupCompositionTask(SmallTask):
         theta0 = self.initial_norm()
         times = {c: agf.escape_time(utilities[c], theta0, self.k, norm_power) for grp in order for c in grp}
         aligned = self.aligned_neurons(norm_power, times[order[0][0]])
+        needed = {c: self.neurons_needed(c) for c in times}
         out["aligned_neurons"] = {label(c): int(aligned[c]) for c in times}
-        out["neurons_needed"] = {label(c): self.neurons_needed(c) for c in times}
+        out["neurons_needed"] = {label(c): needed[c] for c in times}
         per_step = self.clock()
         out["escape_steps"] = {label(c): round(float(t) / per_step, 1) for c, t in times.items()} if per_step else None
-        needed = {c: self.neurons_needed(c) for c in times}
         fresh = 0
         while fresh < len(order) and all(aligned[c] >= needed[c] for c in order[fresh]):
             fresh += 1
