@@ -63,10 +63,6 @@ class GroupCompositionTask(SmallTask):
         self.shifted = torch.tensor(groups.shift(self.group, self.template, np.arange(n)), dtype=torch.float32)
         self.shifted = self.shifted.to(ctx.device)  # row g: the template shifted by g
         self.table = torch.tensor(self.group.table, device=ctx.device)
-        if getattr(self.tc, "batch", 0) < 0:
-            raise UserError(f"task.batch must be >= 0 (0: every sequence each step), got {self.tc.batch}")
-        self.sampled = getattr(self.tc, "batch", 0) > 0
-        self.segments = self.intermediate_segments()
         if self.sampled or n**self.k > EVAL_SEQUENCES:  # the loss is measured on a fixed sample
             gen = torch.Generator().manual_seed(0)
             seqs = torch.randint(n, (min(n**self.k, EVAL_SEQUENCES), self.k), generator=gen)
@@ -83,12 +79,16 @@ class GroupCompositionTask(SmallTask):
         self.class_trace = torch.full((cfg.train.max_steps, len(self.classes)), float("nan"), device=ctx.device)
 
     def setup(self) -> None:
-        """Group, k and template from the config."""
+        """Group, k, template and batches from the config."""
         tc = self.tc
         self.group = groups.parse_group(tc.group)
         self.k = tc.k
         if tc.k < 2:
             raise UserError(f"task.k must be >= 2, got {tc.k}")
+        if tc.batch < 0:
+            raise UserError(f"task.batch must be >= 0 (0: every sequence each step), got {tc.batch}")
+        self.sampled = tc.batch > 0
+        self.segments = self.intermediate_segments()
         if self.group.order**tc.k > EVAL_SEQUENCES and not tc.batch:
             raise UserError(
                 f"{tc.group} with k={tc.k} has {self.group.order**tc.k} sequences, too many for one batch; "
@@ -122,7 +122,7 @@ class GroupCompositionTask(SmallTask):
 
     def intermediate_segments(self) -> list[tuple[int, int]] | None:
         """With ``targets = "all"``: the inputs each intermediate output of the model composes."""
-        targets = getattr(self.tc, "targets", "final")
+        targets = self.tc.targets
         if targets == "final":
             return None
         if targets != "all":
@@ -401,6 +401,7 @@ class ModularAdditionTask(GroupCompositionTask):
             raise UserError(f"task.frequencies must be distinct and in 1..{(tc.p - 1) // 2} for p={tc.p}")
         self.group = groups.cyclic(tc.p)
         self.k = 2
+        self.sampled, self.segments = False, None  # every pair, the sum's template as the one target
         self.amplitudes = dict(zip(tc.frequencies, tc.spectrum))
         self.powers = [0.0] * tc.p
         for f, a in self.amplitudes.items():
