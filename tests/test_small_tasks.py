@@ -13,10 +13,11 @@ import optim
 from configs import UserError, load_config
 from optim.per_neuron import PerNeuronSGD
 from runtime import Context
+from small_tasks import width_sweep
 from small_tasks.diagonal_linear import DiagonalLinearTask
 from small_tasks.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_param_groups
 from tasks import task_class
-from trainer import NonFiniteLoss, Trainer
+from trainer import CHECKS_FAILED_EXIT, NonFiniteLoss, Trainer
 from trainer.exits import PREEMPTED_EXIT
 from trainer.loop import Hook
 
@@ -131,6 +132,20 @@ def test_modular_addition_checks_fail_against_a_wrong_initialization(tmp_path):
     assert {"drops_at_agf_steps", "drops_after_closed_form_bounds"} <= failed(s), s["checks"]
 
 
+def test_modular_addition_checks_fail_against_a_wrong_spectrum(tmp_path):
+    """The run on |x_hat| = 10, 5 judged by AGF for 7, 10: other levels (0.745, 0.245). (The order check reads
+    each frequency's share against the prediction's own power, so a judge with other powers cannot test it;
+    the run too short for frequency 3 below does.)"""
+    s = judged_by(tmp_path, "modular_addition.toml", MOD_FAST, [*MOD_FAST, "--task.spectrum=[7,10]"])
+    assert {"plateau_levels", "plateaus_are_predicted_levels"} <= failed(s), s["checks"]
+
+
+def test_modular_addition_checks_fail_a_run_too_short(tmp_path):
+    """600 steps: frequency 1 is still dropping, frequency 3 (AGF: ~3,000 steps) has not started."""
+    s = run(tmp_path, "modular_addition.toml", *MOD_FAST, "--train.max_steps=600")
+    assert {"plateau_levels", "learned_in_predicted_order", "reaches_zero_loss"} <= failed(s), s["checks"]
+
+
 def test_dihedral_fast(tmp_path):
     """D5 with two 2-dim irreps learns in order of utility (lr 0.05 instead of 0.01)."""
     s = run(tmp_path, "dihedral.toml", "--optim.lr=0.05", "--train.max_steps=4000")
@@ -156,6 +171,27 @@ def test_diagonal_linear_checks_fail_a_wrong_run(tmp_path):
     s = run(tmp_path / "short", "diagonal_linear.toml", "--optim.lr=0.01", "--train.max_steps=700")
     assert "agf_levels_match_plateaus" in failed(s), s["checks"]
     assert s["checks"]["agf_jump_steps"]["expected"][1:] == ["after the run's 699 steps"] * 4
+
+
+def test_diagonal_linear_plateaus_fail_against_another_teacher(tmp_path):
+    """The run with beta* = 10 N(0,1) judged by AGF for 5 N(0,1): its plateaus (38.2, 22.1, 0.42) are 4x the
+    predicted levels, so neither direction of the level check holds."""
+    fast = ["--optim.lr=0.01", "--train.max_steps=7500"]
+    s = judged_by(tmp_path, "diagonal_linear.toml", fast, [*fast, "--task.beta_scale=5"])
+    assert {"agf_levels_match_plateaus", "plateaus_are_agf_levels"} <= failed(s), s["checks"]
+
+
+def test_width_sweep_checks_fail_linear_growth_and_a_grid_short_of_the_bound(capsys):
+    """The checks on widths that grow linearly in k (what a deeper model needs), then a sweep whose grid stops
+    far below the bound (width 1 on C3), which composes nothing: both fail and the command exits 6."""
+    linear = width_sweep.checks({2: 10, 3: 20, 4: 30}, 5)
+    assert linear["width_within_bound"]["passed"] and not linear["width_grows_exponentially"]["passed"]
+    exponential = width_sweep.checks({2: 10, 3: 25, 4: 60}, 5)
+    assert all(c["passed"] for c in exponential.values())
+    argv = ["--group", "C3", "--ks", "2", "3", "--widths", "1", "--seeds", "1", "--steps", "50"]
+    assert width_sweep.main(argv) == CHECKS_FAILED_EXIT
+    out = capsys.readouterr().out
+    assert "check width_within_bound: FAIL" in out and "check width_grows_exponentially: FAIL" in out
 
 
 def test_diagonal_linear_legacy_instance_is_the_reference_codes():
