@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "export": ("eval.hf", ["export"], "write a run as a Hugging Face model folder"),
     "import": ("eval.hf", ["import"], "make a run dir from GPT-2 weights"),
     "width-sweep": ("small_tasks.width_sweep", [], "width a power network needs to compose k group elements"),
+    "verify": ("small_tasks.verify", [], "pass rate of each check of a small task over run and data seeds"),
 }
 
 

@@ -1,16 +1,33 @@
-"""Alternating Gradient Flows: predicted plateaus, order and drop times of small-initialization training.
+"""Alternating Gradient Flows in closed form: the utilities, order, plateaus and escape times of small-init
+training, and the saddle-to-saddle solution of the diagonal linear network.
 
 AGF alternates two phases: dormant neurons grow along the direction that maximises their utility
 (their correlation with the residual) while the active ones sit at a minimum of the loss; when a
 dormant neuron's norm reaches O(1) it joins the active set and the loss drops to a new plateau.
 
-- ``staircase_levels``: the plateau levels when irreps (classes) are learned one at a time in
-  descending order of power: the loss is (1/|G|) * sum of the powers not yet learned.
-- ``modular_addition_drops``: the closed-form first-drop times for the quadratic network on modular
-  addition, assuming a neuron starts aligned with its frequency's best direction; real neurons first
-  have to align, so these are lower bounds.
+Group composition with the power network y = W_out (W_in [x_g1; ...; x_gk])^k (derived here; checked
+against direct numerical maximisation in tests/test_agf.py). A neuron's utility against the initial
+residual (the targets) is U = (2 / (|G|^k |G|)) sum_{g1..gk} (sum_j u_j . x_gj)^k <w, x_{g1...gk}>; for a
+mean-centred template only the product of the k inputs survives, and by Schur orthogonality it splits
+into one term per class c of irreps (an irrep with its conjugate), a trace of k + 1 factors of the
+template's coefficient x_hat(rho). On the unit sphere its maximum is
+
+    U*_c = 2 k! sigma_c^(k+1) (d_c m_c)^((1-k)/2) |G|^(-(k+3)/2) / (k+1)^((k+1)/2),
+
+sigma_c the largest singular value of x_hat(rho), d_c the irrep's dimension, m_c = 1 for a real irrep and
+2 for a conjugate pair; a neuron spread over several classes does worse (the utility is cubic per class,
+the budget quadratic), so the dormant neurons' best directions each live in one class. For k = 2 on C_p
+this is the AGF paper's u_k = sqrt(2p/27) |x_hat_k|^3 / p^2 times 2/p (its time unit). A fresh neuron
+aligned with class c grows as d ln|theta|/dt = (k+1) U*_c under per-neuron SGD and as
+d(1/|theta|^(k-1))/dt = -(k-1)(k+1) U*_c under plain gradient descent; its escape time to |theta| = 1 is
+``escape_time``. So classes are learned in descending order of U*_c: the order of the power P only among
+irreps of one dimension, since with equal singular values sigma_c = sqrt(P |G|) / d_c.
+
+- ``staircase_levels``: the plateau levels when the classes are learned in a given order: the loss is
+  (1/|G|) * sum of the class powers not yet learned.
 - ``diagonal_linear``: AGF for f = <u*v, x>: the active set, the sign-constrained least squares on it,
-  and the jump times at which a dormant coordinate's accumulated gradient reaches its threshold.
+  and the jump times at which a dormant coordinate's accumulated gradient reaches its threshold;
+  ``transition_time``: how long gradient flow takes to make one of those jumps.
 """
 
 from __future__ import annotations
@@ -21,33 +38,56 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def staircase_levels(class_powers: list[float], n_out: int) -> tuple[list[float], list[list[int]]]:
-    """Plateau levels and, per drop, the classes learned then (equal powers drop together)."""
-    order = sorted((p, c) for c, p in enumerate(class_powers) if p > 0)[::-1]
-    remaining = sum(class_powers)
-    levels, groups = [remaining / n_out], []
-    for p in sorted({p for p, _ in order}, reverse=True):
-        members = [c for q, c in order if q == p]
-        remaining -= p * len(members)
-        levels.append(max(remaining, 0.0) / n_out)
-        groups.append(sorted(members))
-    return levels, groups
+from small_tasks.groups import Group, fourier
 
 
-def modular_addition_drops(
-    p: int, amplitudes: dict[int, float], init_scale: float, lr: float, momentum: float
-) -> list[dict[str, float]]:
-    """Per frequency, strongest first: tau_k = (1/theta0 - 1) / (3 u_k) with u_k = sqrt(2p/27) |x_k|^3 / p^2,
-    theta0 = sqrt(2) * init, in steps tau_k / ((2/p) * lr / (1 - momentum))."""
-    theta0 = math.sqrt(2.0) * init_scale
-    step_time = (2.0 / p) * lr / (1.0 - momentum)
+def class_max_utility(group: Group, template: np.ndarray, power: int) -> np.ndarray:
+    """U*_c per class of ``group.classes()`` (the formula above): the initial growth rate of the best neuron."""
+    hats = fourier(group, template)
+    n, k = group.order, power
     out = []
-    for freq, a in sorted(amplitudes.items(), key=lambda fa: -fa[1]):
-        u = math.sqrt(2 * p / 27) * a**3 / p**2
-        tau = (1.0 / theta0 - 1.0) / (3.0 * u)
-        out.append({"frequency": freq, "utility": u, "time": tau, "step": tau / step_time})
-    return out
+    for cls in group.classes():
+        sigma = float(np.linalg.svd(hats[cls[0]], compute_uv=False).max())
+        dm = group.irreps[cls[0]].dim * len(cls)
+        scale = 2 * math.factorial(k) * n ** (-(k + 3) / 2) / (k + 1) ** ((k + 1) / 2)
+        out.append(scale * sigma ** (k + 1) * dm ** ((1 - k) / 2))
+    return np.array(out)
+
+
+def predicted_order(utilities: np.ndarray, rel_tol: float = 1e-9) -> list[list[int]]:
+    """Classes with positive utility, strongest first, grouped where utilities tie (they drop together)."""
+    floor = 1e-12 * max(float(np.max(utilities)), 0.0)  # a class absent from the template has U* ~ rounding
+    ranked = sorted((c for c in range(len(utilities)) if utilities[c] > floor), key=lambda c: -utilities[c])
+    groups: list[list[int]] = []
+    for c in ranked:
+        if groups and abs(utilities[groups[-1][0]] - utilities[c]) <= rel_tol * utilities[c]:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
+
+
+def staircase_levels(class_powers: list[float], n_out: int, order: list[list[int]]) -> list[float]:
+    """Plateau levels: the initial loss, then the loss after each group of ``order`` is learned."""
+    remaining = float(sum(class_powers))
+    levels = [remaining / n_out]
+    for grp in order:
+        remaining -= sum(class_powers[c] for c in grp)
+        levels.append(max(remaining, 0.0) / n_out)
+    return levels
+
+
+def escape_time(u_star: float, theta0: float, power: int, norm_power: float, threshold: float = 1.0) -> float:
+    """Flow time for a neuron aligned with a class of utility u_star to grow from norm theta0 to ``threshold``,
+    under d theta/dt = -|theta|^norm_power grad L (0: gradient descent; 1 - power: per-neuron SGD).
+
+    With h = power + 1 and q = norm_power + h - 2: d ln|theta|/dt = h U |theta|^q, so q = 0 gives
+    ln(threshold / theta0) / (h U) and q > 0 gives (theta0^-q - threshold^-q) / (q h U)."""
+    h = power + 1
+    q = norm_power + h - 2
+    if q == 0:
+        return math.log(threshold / theta0) / (h * u_star)
+    return (theta0**-q - threshold**-q) / (q * h * u_star)
 
 
 @dataclass
@@ -56,6 +96,7 @@ class DLNPrediction:
     levels: list[float]  # loss before the first jump, then after each jump
     betas: list[np.ndarray]  # the saddle (beta) after each jump
     active: list[list[int]]  # its support
+    rates: list[float]  # |gradient| of the jumping coordinate at the saddle it leaves: its escape speed
 
 
 def _sign_constrained_lsq(h: np.ndarray, b: np.ndarray, signs: np.ndarray) -> np.ndarray:
@@ -98,7 +139,7 @@ def diagonal_linear(x: np.ndarray, y: np.ndarray, alpha: float, max_jumps: int =
     thr = 0.5 * math.acosh(1.0 / (2.0 * alpha**2))
     xi, beta, t = np.zeros(len(b)), np.zeros(len(b)), 0.0
     loss = lambda bt: base + 0.5 * bt @ h @ bt - b @ bt
-    pred = DLNPrediction([], [loss(beta)], [], [])
+    pred = DLNPrediction([], [loss(beta)], [], [], [])
     for _ in range(max_jumps):
         g = h @ beta - b
         at_thr = np.isclose(np.abs(xi), thr, rtol=0, atol=1e-9 * thr)
@@ -111,9 +152,10 @@ def diagonal_linear(x: np.ndarray, y: np.ndarray, alpha: float, max_jumps: int =
                 hit[i] = dt
         if not np.isfinite(hit.min()):
             break
-        dt = hit.min()
+        dt, jumper = hit.min(), int(np.argmin(hit))
         xi = np.where(moving, xi - dt * g, xi)
-        xi[np.argmin(hit)] = thr * -np.sign(g[np.argmin(hit)])
+        xi[jumper] = thr * -np.sign(g[jumper])
+        pred.rates.append(float(abs(g[jumper])))
         t += dt
         signs = np.where(np.isclose(np.abs(xi), thr, rtol=0, atol=1e-9 * thr), np.sign(xi), 0.0)
         beta = _sign_constrained_lsq(h, b, signs)
@@ -122,3 +164,12 @@ def diagonal_linear(x: np.ndarray, y: np.ndarray, alpha: float, max_jumps: int =
         pred.betas.append(beta.copy())
         pred.active.append([int(i) for i in np.nonzero(beta)[0]])
     return pred
+
+
+def transition_time(rate: float) -> float:
+    """Flow time a jump takes, from its start (the coordinate's norm reaches 1) to 98% of its loss drop:
+    4 / |g| for a coordinate leaving a saddle at gradient g (derived: near the jump beta_i grows
+    logistically, d beta_i/dt = 2 h beta_i (b - beta_i) with h b = |g|, whose rise from a few percent of b
+    to 0.99 b takes ln(99) + ln(19) = 7.5 over rate 2|g|). Unlike the plateaus, it does not grow as the
+    initialization shrinks, so a plateau shorter than the transitions into it is skipped by the run."""
+    return 4.0 / rate

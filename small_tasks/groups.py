@@ -74,6 +74,18 @@ class Group:
                 seen |= {i, j}
         return out
 
+    def class_basis(self) -> tuple[np.ndarray, np.ndarray]:
+        """An orthonormal basis of R^|G| (columns) in which each column lies in one class's subspace, and
+        the class of each column: x's share in class c is the squared norm of its coordinates there."""
+        q = self.projectors()
+        cols, owner = [], []
+        for c, cls in enumerate(self.classes()):
+            vals, vecs = np.linalg.eigh(q[cls].sum(axis=0))
+            keep = vecs[:, vals > 0.5]
+            cols.append(keep)
+            owner += [c] * keep.shape[1]
+        return np.concatenate(cols, axis=1), np.array(owner)
+
     def projectors(self) -> np.ndarray:
         """Real symmetric (R, |G|, |G|) matrices Q with P_rho(x) = x^T Q_rho x for real x."""
         n = self.order
@@ -292,13 +304,18 @@ def default_powers(group: Group) -> list[float]:
     return powers
 
 
-def template_from_powers(group: Group, powers: list[float], seed: int = 0) -> np.ndarray:
-    """A real template with the given power per irrep and x_hat(rho) = c_rho * (a random unitary matrix).
+def template_from_powers(group: Group, powers: list[float], seed: int = 0, phase: str = "random") -> np.ndarray:
+    """A real template with the given power per irrep and x_hat(rho) = c_rho * U_rho, c_rho = sqrt(P |G|) / d.
 
-    Equal singular values make each irrep one block for the network to learn (a 2-dim irrep's Fourier
-    coefficient with unequal singular values would be learned in two pieces). Seeded: the random
-    unitaries (phases, for 1-dim irreps) are the only freedom left once the powers are fixed.
+    ``phase="random"``: U_rho a seeded random unitary (a random phase, for a 1-dim irrep); ``"zero"``:
+    U_rho = I, the reference code's template (a sum of characters, so x(g) = x(g^-1)). Equal singular
+    values make each irrep one block for the network to learn (a 2-dim irrep's Fourier coefficient with
+    unequal singular values would be learned in two pieces). The phases change nothing in distribution
+    over initializations: x_hat -> x_hat U commutes with the shifts, so it is an orthogonal change of
+    coordinates that an isotropic Gaussian initialization does not see.
     """
+    if phase not in ("random", "zero"):
+        raise UserError(f"unknown task.phase '{phase}'; use random or zero")
     if len(powers) != len(group.irreps):
         raise UserError(
             f"task.powers has {len(powers)} entries but {group.name} has {len(group.irreps)} irreps "
@@ -317,7 +334,7 @@ def template_from_powers(group: Group, powers: list[float], seed: int = 0) -> np
             hats[i] = np.conj(hats[conj[i]])
             continue
         z = rng.standard_normal((r.dim, r.dim)) + (1j * rng.standard_normal((r.dim, r.dim)) if conj[i] != i else 0)
-        q, _ = np.linalg.qr(z)
+        q = np.linalg.qr(z)[0] if phase == "random" else np.eye(r.dim)
         hats[i] = np.sqrt(powers[i] * group.order) / r.dim * q
     # inverse transform: x(g) = (1/|G|) sum_rho d_rho Tr(rho(g)^H x_hat(rho))
     x = sum(r.dim * np.einsum("gji,ji->g", np.conj(r.matrices), hats[i]) for i, r in enumerate(group.irreps))

@@ -18,10 +18,17 @@ def plot_loss(
     levels: list[float],
     predicted_drops: list[float] | None = None,
     title: str = "",
+    predicted_curve: tuple[list[float], list[float]] | None = None,
 ) -> None:
+    """The loss on log-log axes, the predicted plateaus (dashed) and drop steps (dotted); ``predicted_curve``
+    (event steps, the levels before the first and after each event) is drawn as a step function."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     keep = steps > 0
     ax.plot(steps[keep], loss[keep], color="k", lw=1.5, label="training loss")
+    if predicted_curve is not None:
+        at, lv = predicted_curve
+        xs = [max(float(steps[keep][0]), 1.0), *at, float(steps[-1])]
+        ax.step(xs, [*lv, lv[-1]], where="post", color="tab:orange", lw=1.2, ls="-", label="AGF prediction")
     for j, level in enumerate(lv for lv in levels if lv > 0):
         ax.axhline(level, color="tab:red", ls="--", lw=0.8, label="predicted plateaus" if j == 0 else None)
     for j, t in enumerate(predicted_drops or []):

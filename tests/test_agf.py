@@ -2,24 +2,117 @@
 
 import numpy as np
 import pytest
+import torch
 
-from small_tasks import agf, staircase
+from small_tasks import agf, agf_power, groups, staircase
 
-
-def test_modular_addition_closed_form_lower_bounds():
-    drops = agf.modular_addition_drops(20, {1: 10.0, 3: 5.0, 5: 2.5}, 1e-2, 0.01, 0.9)
-    assert [d["frequency"] for d in drops] == [1, 3, 5]
-    assert [round(d["step"]) for d in drops] == [764, 6109, 48873]
-    assert drops[1]["step"] / drops[0]["step"] == pytest.approx(8.0, rel=1e-3)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread only waits
 
 
-def test_staircase_levels_c11_and_ties():
+def composition_data(group, template, k):
+    seqs = groups.sequences(group, k)
+    x = np.concatenate([groups.shift(group, template, seqs[:, j]) for j in range(k)], axis=1)
+    y = groups.shift(group, template, groups.compose(group, seqs))
+    return torch.tensor(x), torch.tensor(y)
+
+
+def numerical_max_utility(x, y, k, subspace=None, restarts=4, iters=600, lr=0.1, seed=0):
+    """The reference: projected gradient ascent of U = (2/(N n)) sum (u.x)^k <w, y> on the unit sphere."""
+    n_in, c = x.shape[1], 2 / y.numel()
+    gen = torch.Generator().manual_seed(seed)
+    project = (lambda t: t @ subspace) if subspace is not None else (lambda t: t)
+    th = project(torch.randn(restarts, n_in + y.shape[1], dtype=torch.float64, generator=gen))
+    th = th / th.norm(dim=1, keepdim=True)
+    for _ in range(iters):
+        s, yw = x @ th[:, :n_in].T, y @ th[:, n_in:].T
+        grad = c * torch.cat([(k * s ** (k - 1) * yw).T @ x, (s**k).T @ y], dim=1)
+        th = project(th + lr * grad)
+        th = th / th.norm(dim=1, keepdim=True)
+    return float((c * (x @ th[:, :n_in].T) ** k * (y @ th[:, n_in:].T)).sum(0).max())
+
+
+@pytest.mark.parametrize(
+    ("name", "powers", "k"),
+    [("C5", None, 2), ("D5", [0, 5, 10, 2.5], 2), ("C2xC3", None, 2), ("S3", None, 3)],
+)
+def test_max_utility_closed_form_matches_numerical_maximisation(name, powers, k):
+    """U*_c per class against gradient ascent restricted to the class's subspace, and the overall maximum
+    against unrestricted ascent: the best neuron lives in one class."""
+    g = groups.parse_group(name)
+    template = groups.template_from_powers(g, powers or groups.default_powers(g), seed=1)
+    x, y = composition_data(g, template, k)
+    closed = agf.class_max_utility(g, template, k)
+    q = g.projectors()
+    for c, cls in enumerate(g.classes()):
+        if closed[c] < 1e-12:
+            continue
+        subspace = torch.tensor(np.kron(np.eye(k + 1), q[cls].sum(axis=0)))
+        assert numerical_max_utility(x, y, k, subspace) == pytest.approx(closed[c], rel=1e-5), g.irreps[cls[0]].name
+    assert numerical_max_utility(x, y, k) == pytest.approx(closed.max(), rel=1e-5)
+
+
+@pytest.mark.parametrize("norm_power", [0.0, -1.0])  # plain gradient descent, per-neuron SGD
+def test_dormant_flow_of_an_aligned_neuron_escapes_at_the_closed_form_time(norm_power):
+    """One neuron started on the best direction of C5's strongest class: its direction stays put and its
+    norm reaches 1 at agf.escape_time, to the integrator's precision."""
+    g = groups.cyclic(5)
+    template = groups.template_from_powers(g, groups.default_powers(g), seed=1)
+    x, y = composition_data(g, template, 2)
+    best = best_direction(x, y, 2)
+    u_star = agf.class_max_utility(g, template, 2).max()
+    theta0 = 1e-4
+    w_in, w_out = theta0 * best[None, :10], theta0 * best[None, 10:].T
+    flow = agf_power.DormantFlow(w_in, w_out, 2, norm_power, threshold=1.0)
+    t, joined = flow.run(x, y, 0.0, 1e9, step_tol=0.01)
+    assert joined.tolist() == [0]
+    assert t == pytest.approx(agf.escape_time(u_star, theta0, 2, norm_power), rel=1e-6)
+
+
+def best_direction(x, y, k, iters=3000, lr=0.1):
+    th = torch.randn(x.shape[1] + y.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    th = (th / th.norm()).requires_grad_(True)
+    for _ in range(iters):
+        util = 2 / y.numel() * (((x @ th[: x.shape[1]]) ** k) * (y @ th[x.shape[1] :])).sum()
+        (g,) = torch.autograd.grad(util, th)
+        with torch.no_grad():
+            th += lr * g
+            th /= th.norm()
+    return th.detach()
+
+
+def test_order_follows_utility_not_power_across_dimensions():
+    """D5 with sign 5 (1-dim) and rot1 10 (2-dim): sigma = sqrt(50) against sqrt(100)/2, so sign comes first."""
+    g = groups.dihedral(5)
+    u = agf.class_max_utility(g, groups.template_from_powers(g, [0, 5, 10, 2.5]), 2)
+    assert agf.predicted_order(u) == [[1], [2], [3]]
+    assert agf.predicted_order(np.array([0.0, 2.0, 2.0, 1.0])) == [[1, 2], [3]]  # equal utilities drop together
+
+
+def test_modular_addition_escape_steps_are_the_papers_closed_form():
+    """tau_k = (1/theta0 - 1)/(3 u_k), u_k = sqrt(2p/27)|x_k|^3/p^2, in steps tau/((2/p) lr/(1-beta)):
+    764, 6109, 48873 for the reference, 8x apart, from U*_c and the gradient-descent escape time."""
+    p, amps = 20, {1: 10.0, 3: 5.0, 5: 2.5}
+    g = groups.cyclic(p)
+    powers = [0.0] * p
+    for f, a in amps.items():
+        powers[f] = powers[p - f] = a**2 / p
+    u = agf.class_max_utility(g, groups.template_from_powers(g, powers), 2)
+    steps = [agf.escape_time(u[f], np.sqrt(2) * 1e-2, 2, 0.0) / (0.01 / (1 - 0.9)) for f in amps]
+    assert [round(s) for s in steps] == [764, 6109, 48873]
+    assert steps[1] / steps[0] == pytest.approx(8.0, rel=1e-6)
+
+
+def test_escape_time_forms():
+    assert agf.escape_time(2.0, 1e-5, 2, -1.0) == pytest.approx(np.log(1e5) / 6)  # per-neuron SGD: log
+    assert agf.escape_time(2.0, 1e-2, 2, 0.0) == pytest.approx((1e2 - 1) / 6)  # gradient descent: 1/theta0
+
+
+def test_staircase_levels_follow_the_given_order():
     powers = [0, 25, 20, 15, 10, 5]  # classes of C11: conjugate pairs summed
-    levels, order = agf.staircase_levels(powers, 11)
+    levels = agf.staircase_levels(powers, 11, [[1], [2], [3], [4], [5]])
     assert levels == pytest.approx([75 / 11, 50 / 11, 30 / 11, 15 / 11, 5 / 11, 0])
-    assert order == [[1], [2], [3], [4], [5]]
-    levels, order = agf.staircase_levels([0, 4, 4, 1], 2)
-    assert levels == pytest.approx([4.5, 0.5, 0]) and order == [[1, 2], [3]]
+    assert agf.staircase_levels([0, 4, 4, 1], 2, [[1, 2], [3]]) == pytest.approx([4.5, 0.5, 0])
+    assert agf.staircase_levels(powers, 11, [[5], [1]])[1:] == pytest.approx([70 / 11, 45 / 11])
 
 
 def test_sign_constrained_lsq_matches_brute_force():
