@@ -1,0 +1,148 @@
+"""Conservation laws that symmetries impose on SGD, for torch.optim.SGD's exact update.
+
+The update (dampening 0, no Nesterov), with coupled weight decay wd:
+    d_n = g_n + wd * theta_n,   buf_n = momentum * buf_{n-1} + d_n (buf_0 = d_0),   theta_{n+1} = theta_n - lr * buf_n.
+
+A symmetry of the loss makes the gradient orthogonal to the symmetry's generator, and each generator
+has a charge whose recursion closes without the loss (derived here for this update):
+
+- linear charge (translation: S = sum of the shifted parameters, <g, 1> = 0):
+      S_{n+1} - S_n = momentum * (S_n - S_{n-1}) - lr * wd * S_n,        S_{-1} = S_0;
+  with momentum 0 this is S_n = (1 - lr * wd)^n S_0.
+- quadratic charge (scale: Q = |theta|^2 with <g, theta> = 0; rescale: Q = |out|^2 - |in|^2 with
+  <g_out, out> = <g_in, in>; the GL(k) symmetry of a product A B: Q = A^T A - B B^T, a matrix):
+      Q_{n+1} - Q_n = momentum * (Q_n - Q_{n-1}) - 2 lr wd Q_n + K_n + momentum * K_{n-1},   Q_{-1} = Q_0, K_{-1} = 0,
+  where K_n is the same signed combination of the squared steps v_n = theta_{n+1} - theta_n (the
+  kinetic term). Proof: v_n = momentum * v_{n-1} - lr * d_n, so <theta_n, v_n> = momentum * (<theta_{n-1},
+  v_{n-1}> + |v_{n-1}|^2) - lr <theta_n, g_n> - lr wd |theta_n|^2, and 2 <theta_n, v_n> = Q_{n+1} - Q_n - |v_n|^2;
+  the <theta, g> terms cancel in the signed combination by the symmetry.
+  With momentum 0, |v_n|^2 = lr^2 (|g_n|^2 + wd^2 |theta_n|^2) turns it into the gradient form
+      Q_n = (1 - lr wd)^{2n} Q_0 + lr^2 sum_k (1 - lr wd)^{2(n-1-k)} G_k,   G = the same combination of |g|^2.
+
+Continuous approximation (the modified equation of heavy-ball momentum, t = n * lr): a charge with
+stiffness kappa (kappa = wd for a linear charge, 2 wd for a quadratic one) is a damped oscillator
+    q'' + 2 gamma q' + omega^2 q = f(t),
+    gamma = (1 - momentum) / (lr (1 + momentum)),   omega^2 = 2 kappa / (lr (1 + momentum)),
+with f = 0 for a linear charge and f = 2 |theta'|^2 = 2 K_n / lr^2 for a quadratic one. The same
+oscillator with kappa = h_k + wd is the mean of a quadratic loss along a Hessian eigendirection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def damping(lr: float, momentum: float) -> float:
+    """gamma = (1 - momentum) / (lr (1 + momentum))."""
+    return (1.0 - momentum) / (lr * (1.0 + momentum))
+
+
+def frequency(lr: float, kappa: float, momentum: float) -> float:
+    """omega = sqrt(2 kappa / (lr (1 + momentum))): kappa = wd (linear), 2 wd (quadratic), h + wd (a mode)."""
+    return float(np.sqrt(2.0 * kappa / (lr * (1.0 + momentum))))
+
+
+def second_order(q0: np.ndarray, n_steps: int, lr: float, kappa: float, momentum: float, drive=None) -> np.ndarray:
+    """q_0..q_n of q_{n+1} = (1 + momentum - lr kappa) q_n - momentum q_{n-1} + drive_n, q_{-1} = q_0.
+
+    ``q0`` may be an array (a vector or matrix charge); ``drive`` is None or shape (n_steps, *q0.shape).
+    """
+    q0 = np.asarray(q0, dtype=np.float64)
+    out = np.empty((n_steps + 1, *q0.shape))
+    out[0] = q0
+    prev, cur = q0, q0
+    a = 1.0 + momentum - lr * kappa
+    for n in range(n_steps):
+        nxt = a * cur - momentum * prev
+        if drive is not None:
+            nxt = nxt + drive[n]
+        out[n + 1] = nxt
+        prev, cur = cur, nxt
+    return out
+
+
+def linear_charge(s0: np.ndarray, n_steps: int, lr: float, wd: float, momentum: float) -> np.ndarray:
+    """The translation law: S_0..S_n (exact for the update above)."""
+    return second_order(s0, n_steps, lr, wd, momentum)
+
+
+def quadratic_charge(q0: np.ndarray, kinetic: np.ndarray, lr: float, wd: float, momentum: float) -> np.ndarray:
+    """The scale / rescale law: Q_0..Q_n from the signed squared steps K_0..K_{n-1} (exact)."""
+    kinetic = np.asarray(kinetic, dtype=np.float64)
+    drive = kinetic.copy()
+    drive[1:] += momentum * kinetic[:-1]
+    return second_order(q0, len(kinetic), lr, 2.0 * wd, momentum, drive)
+
+
+def quadratic_charge_sgd(q0: np.ndarray, grad_sq: np.ndarray, lr: float, wd: float) -> np.ndarray:
+    """Plain SGD's gradient form: Q_n = (1 - lr wd)^{2n} Q_0 + lr^2 sum_k (1 - lr wd)^{2(n-1-k)} G_k."""
+    grad_sq = np.asarray(grad_sq, dtype=np.float64)
+    out = np.empty((len(grad_sq) + 1, *np.shape(q0)))
+    out[0] = q0
+    decay = (1.0 - lr * wd) ** 2
+    for n, g in enumerate(grad_sq):
+        out[n + 1] = decay * out[n] + lr * lr * g
+    return out
+
+
+def oscillator(
+    q0: np.ndarray,
+    q1: np.ndarray,
+    n_steps: int,
+    lr: float,
+    kappa: float,
+    momentum: float,
+    forcing: np.ndarray | None = None,
+) -> np.ndarray:
+    """The continuous approximation at t = n lr, n = 0..n_steps: q'' + 2 gamma q' + omega^2 q = f(t), with
+    f constant over each step (``forcing`` (n_steps, *q0.shape) or None), through q(0) = q0 and q(lr) = q1.
+
+    Two points rather than q'(0): heavy ball starts from rest half a step before t = 0, so no derivative
+    at 0 is natural; matching the first step leaves an O((lr omega)^2) error over the run. Solved by exact
+    propagation of the linear system over each step (the matrix exponential of the augmented
+    generator), so the only difference from the discrete law is the continuous-time model.
+    """
+    gamma, omega2 = damping(lr, momentum), 2.0 * kappa / (lr * (1.0 + momentum))
+    gen = torch.zeros(3, 3, dtype=torch.float64)
+    gen[0, 1], gen[1, 0], gen[1, 1], gen[1, 2] = 1.0, -omega2, -2.0 * gamma, 1.0
+    prop = torch.linalg.matrix_exp(gen * lr).numpy()
+    phi, psi = prop[:2, :2], prop[:2, 2]
+    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    first = 0.0 if forcing is None else forcing[0]
+    dq0 = (q1 - phi[0, 0] * q0 - psi[0] * first) / phi[0, 1]
+    state = np.stack([q0, dq0 * np.ones_like(q0)])
+    out = np.empty((n_steps + 1, *q0.shape))
+    out[0] = q0
+    for n in range(n_steps):
+        state = np.tensordot(phi, state, axes=1)
+        if forcing is not None:
+            state = state + psi.reshape(2, *([1] * q0.ndim)) * forcing[n]
+        out[n + 1] = state[0]
+    return out
+
+
+def linear_charge_continuous(s0: np.ndarray, n_steps: int, lr: float, wd: float, momentum: float) -> np.ndarray:
+    """The translation law's oscillator through S_0 and the law's first step S_1 = (1 - lr wd) S_0."""
+    s0 = np.asarray(s0, dtype=np.float64)
+    return oscillator(s0, (1.0 - lr * wd) * s0, n_steps, lr, wd, momentum)
+
+
+def quadratic_charge_continuous(
+    q0: np.ndarray, kinetic: np.ndarray, lr: float, wd: float, momentum: float
+) -> np.ndarray:
+    """The scale / rescale oscillator driven by 2 |theta'|^2 = 2 K_n / lr^2, through Q_0 and the law's
+    first step Q_1 = (1 - 2 lr wd) Q_0 + K_0."""
+    kinetic = np.asarray(kinetic, dtype=np.float64)
+    q0 = np.asarray(q0, dtype=np.float64)
+    q1 = (1.0 - 2.0 * lr * wd) * q0 + kinetic[0]
+    return oscillator(q0, q1, len(kinetic), lr, 2.0 * wd, momentum, 2.0 * kinetic / lr**2)
+
+
+def relative_error(observed: np.ndarray, predicted: np.ndarray, scale: float | None = None) -> float:
+    """max |observed - predicted| over the run, over ``scale`` (default: max |predicted|, at least 1e-300)."""
+    observed, predicted = np.asarray(observed), np.asarray(predicted)
+    if observed.shape != predicted.shape:
+        return float("inf")
+    scale = scale if scale is not None else float(np.max(np.abs(predicted)))
+    return float(np.max(np.abs(observed - predicted)) / max(scale, 1e-300))
