@@ -248,6 +248,17 @@ RESUME_MAY_CHANGE = {
 }
 
 
+def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as one level of dotted keys: {"adamw": {"lr": 1}} -> {"adamw.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``section.key: old -> new`` for every key that must not change across a resume.
 
@@ -259,14 +270,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         free = RESUME_MAY_CHANGE.get(section, set())
         if free == "*":
             continue
-        before = old.get(section, {})
-        for key in sorted(set(values) | set(before)):
+        before, after, default = flat(old.get(section, {})), flat(values), flat(defaults.get(section, {}))
+        for key in sorted(set(after) | set(before)):
             if key in free:
                 continue
-            if key not in before and values.get(key) == defaults.get(section, {}).get(key):
+            if key not in before and after.get(key) == default.get(key):
                 continue
-            if before.get(key) != values.get(key):
-                diffs.append(f"{section}.{key}: {before.get(key)!r} -> {values.get(key)!r}")
+            if before.get(key) != after.get(key):
+                diffs.append(f"{section}.{key}: {before.get(key)!r} -> {after.get(key)!r}")
     return diffs
 
 

@@ -1,6 +1,6 @@
 """Data pipeline speed, measured side by side.
 
-    python bench/bench_data.py [--rounds 3] [--copies 8] [--workers 2] [--bpe-file PATH]
+    python bench/bench_data.py [--rounds 3] [--copies 8] [--workers 2] [--bpe_file PATH]
 
 1. Preparation: ``python -m data.prepare``'s pipeline (read a .jsonl file, tokenize with gpt2 in
    --workers processes, write shards) against raw tiktoken ``encode_ordinary_batch`` on the same
@@ -12,7 +12,7 @@
 3. Validation: opening a 100M-token shard with the vocabulary check (page cache warm).
 
 The text is the built-in corpus repeated --copies times (about 2 MB each). GPT-2 ranks come from
---bpe-file, GPT2_BPE_FILE or ../shared/assets/gpt2.tiktoken.
+--bpe_file, GPT2_BPE_FILE or ../shared/assets/gpt2.tiktoken.
 """
 
 from __future__ import annotations
@@ -69,13 +69,14 @@ def bench_prepare(docs: list[str], rounds: int, workers: int, bpe_file: str, tmp
 def bench_loader(steps: int, batches: int) -> tuple[float, float]:
     import torch
 
-    import train
     from configs import load_config
     from optim import build_optimizer
+    from runtime import Context
+    from tasks.lm import LMTask
 
     cfg = load_config(None, ["--train.progress=false"])
-    ctx = train.Context(device=torch.device("cpu"))
-    task = train.LMTask(cfg, ctx)
+    ctx = Context(device=torch.device("cpu"))
+    task = LMTask(cfg, ctx)
     model = task.build_model()
     optimizer = build_optimizer(task.param_groups(model), cfg.optim)
     model.train()
@@ -124,7 +125,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="quickstart optimizer steps to time per thread count")
     p.add_argument("--batches", type=int, default=5000, help="loader batches to time")
-    p.add_argument("--bpe-file", default=os.environ.get("GPT2_BPE_FILE") or str(LOCAL_RANKS))
+    p.add_argument("--bpe_file", default=os.environ.get("GPT2_BPE_FILE") or str(LOCAL_RANKS))
     args = p.parse_args()
     from data.builtin import documents
 

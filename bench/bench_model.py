@@ -21,15 +21,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from configs import SymmetryConfig  # noqa: E402
 from model import GPT, GPTConfig, draw_biases  # noqa: E402
-from train import GPU_PEAK_FLOPS, peak_flops  # noqa: E402
+from runtime import GPU_PEAK_FLOPS, peak_flops  # noqa: E402
 
 B, T, VOCAB = 8, 256, 4096
 
 
 def make(mode: str, device: str) -> tuple[GPT, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=4, n_head=4, n_embd=256, mode=mode)
+    cfg = GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=4, n_head=4, n_embd=256, symmetry=SymmetryConfig(mode=mode))
     model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     return model, opt

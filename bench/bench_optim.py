@@ -40,13 +40,13 @@ def gpt(width: int, device: str = "cpu") -> GPT:
 def variants(width: int) -> dict[str, OptimConfig]:
     max_dim = 10000 * width // 768
     return {
-        "adamw": OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01),
-        "sgdm": OptimConfig(name="sgdm", lr=0.03, weight_decay=0.0),
-        "ecd": OptimConfig(name="ecd", lr=1.0, weight_decay=0.0, on_low_loss="clamp"),
-        "ecd (wd 0.01)": OptimConfig(name="ecd", lr=1.0, weight_decay=0.01, on_low_loss="clamp"),
-        "ecd (per_tensor)": OptimConfig(name="ecd", lr=1.0, weight_decay=0.0, per_tensor=True, on_low_loss="clamp"),
-        "soap (no refresh)": OptimConfig(
-            name="soap", lr=3e-4, betas=[0.95, 0.95], precondition_frequency=10**9, max_precond_dim=max_dim
+        "adamw": optim.config("adamw", lr=1e-4, weight_decay=0.01),
+        "sgdm": optim.config("sgdm", lr=0.03, weight_decay=0.0),
+        "ecd": optim.config("ecd", lr=1.0, weight_decay=0.0, on_low_loss="clamp"),
+        "ecd (wd 0.01)": optim.config("ecd", lr=1.0, weight_decay=0.01, on_low_loss="clamp"),
+        "ecd (per_tensor)": optim.config("ecd", lr=1.0, weight_decay=0.0, per_tensor=True, on_low_loss="clamp"),
+        "soap (no refresh)": optim.config(
+            "soap", lr=3e-4, betas=[0.95, 0.95], precondition_frequency=10**9, max_precond_dim=max_dim
         ),
     }
 
@@ -126,7 +126,7 @@ def memory(args) -> None:
             opt = build(model, cfg)
             stepper(opt)()
             sizes[name] = state_bytes(opt)
-        soap = OptimConfig(name="soap", lr=3e-4, precondition_frequency=10, max_precond_dim=10000 * width // 768)
+        soap = optim.config("soap", lr=3e-4, precondition_frequency=10, max_precond_dim=10000 * width // 768)
         opt = build(model, soap)
         opt.step()
         sizes["soap"] = state_bytes(opt)

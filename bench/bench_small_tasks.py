@@ -14,15 +14,17 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from configs import load_config
+from runtime import Context
 from small_tasks.group_composition import ModularAdditionTask
-from train import Context, Trainer
+from trainer import Trainer
 
-CONFIG = "configs/small_tasks/modular_addition.toml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs/small_tasks/modular_addition.toml"
 
 
 def bare(steps: int, threads: int = 1) -> float:

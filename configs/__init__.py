@@ -1,15 +1,19 @@
 """Typed run configuration: TOML files plus ``--section.key=value`` overrides.
 
-Every section is a dataclass; loading validates names and types so that a typo is a one-line
-error naming the closest valid key, never a silently ignored setting. The ``task`` section is
-free-form here and validated by the task that owns it (see ``tasks.py`` in the trainer).
+Every section is a dataclass; loading validates names and types so that a typo is a one-line error
+naming the closest valid key, never a silently ignored setting. Two parts are owned by the
+components that use them and validated there: the ``task`` section (by the task, see ``tasks/``) and
+the per-optimizer tables ``[optim.<name>]`` (by that optimizer, see ``optim/``). This module is the
+bottom layer: it imports nothing of the project.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import sys
 import tomllib
 import types
@@ -21,6 +25,7 @@ from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.toml"
+MODES = ("symmetric", "bq", "bqbv")  # symmetry.mode: which unlearned attention biases are drawn
 
 
 class UserError(Exception):
@@ -41,6 +46,54 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """The project's one flag style for its tools: ``--snake_case`` flags (as the config keys are
+    written), each also accepted with hyphens (``--max-tokens``); a bad argument is a UserError, so the
+    tool prints one line and exits 2 like every other user error."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        spelled = list(names)
+        for name in names:
+            if name.startswith("--") and "_" in name and name.replace("_", "-") not in spelled:
+                spelled.append(name.replace("_", "-"))
+        return super().add_argument(*spelled, **kwargs)
+
+    def add_device(self) -> None:
+        self.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{message}; see {self.prog} --help")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` is the first GPU when one is visible, else the CPU."""
+    if name != "auto":
+        return name
+    import torch  # only tools that run a model ask for a device
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def require(ok: bool, message: str) -> None:
+    """A config value out of its range: the message names the key, the value and what would be valid."""
+    if not ok:
+        raise UserError(message)
+
+
+def positive(section: str, **values: float) -> None:
+    for key, v in values.items():
+        require(math.isfinite(v) and v > 0, f"{section}.{key} must be a positive number, got {v}")
+
+
+def non_negative(section: str, **values: float) -> None:
+    for key, v in values.items():
+        require(math.isfinite(v) and v >= 0, f"{section}.{key} must be >= 0, got {v}")
+
+
+def one_of(section: str, key: str, value: str, options: tuple[str, ...]) -> None:
+    require(value in options, f"unknown {section}.{key} '{value}'; use one of: {', '.join(options)}")
+
+
 @dataclass
 class RunConfig:
     name: str = "quickstart"
@@ -55,6 +108,10 @@ class RunConfig:
     wandb: str = "disabled"  # disabled | offline | online
     wandb_project: str = "symbreak"
     threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
+
+    def check(self) -> None:
+        one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        one_of("run", "wandb", self.wandb, ("disabled", "offline", "online"))
 
 
 @dataclass
@@ -71,9 +128,14 @@ class ModelConfig:
     bias: bool = True
     dropout: float = 0.0
 
+    def check(self) -> None:
+        one_of("model", "mlp", self.mlp, ("prelu", "gelu"))
+
 
 @dataclass
 class SymmetryConfig:
+    """The unlearned attention biases: declared here once, read by the model and by the bias draws."""
+
     mode: str = "bqbv"  # symmetric | bq | bqbv
     q_mean: float = 0.5
     q_std_min: float = 0.05  # bQ's std is spaced linearly from q_std_min to q_std_max over head_dim
@@ -85,34 +147,27 @@ class SymmetryConfig:
     k_std: float = 0.05
     per_head: bool = False  # one draw per head instead of one per layer shared by its heads
 
+    def check(self) -> None:
+        one_of("symmetry", "mode", self.mode, MODES)
+
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgdm | soap | ecd | ...
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    momentum: float = 0.95
-    nesterov: bool = True
-    grad_clip: float = 1.0  # 0 disables clipping
-    decay_embeddings: bool = False  # apply weight decay to embedding matrices too
+    """What every optimizer shares. Each optimizer's own knobs, its learning rate included, live in its
+    table ``[optim.<name>]`` (kept in ``sections``), declared and validated next to its code in optim/."""
+
+    name: str = "adamw"  # adamw | sgdm | soap | ecd | per_neuron
+    lr: float = 0.0  # > 0: the learning rate of the optimizer in use, replacing its section's lr
     schedule: str = "cosine"  # cosine | constant | linear
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * min_lr_ratio
-    # SOAP
-    precondition_frequency: int = 10
-    max_precond_dim: int = 10000
-    shampoo_beta: float = -1.0  # <0: use betas[1]
-    spread_refresh: bool = True  # DDP: each rank refreshes a share of the eigenbases and broadcasts them
-    # ECD
-    eta: float = 100.0
-    f0: float = 2.0
-    nu: float = 0.0
-    per_tensor: bool = False  # reproduce the reference code's per-tensor dot products
-    on_low_loss: str = "error"  # what to do when F <= F0: error | skip | clamp
-    low_loss_floor: float = 1e-3  # on_low_loss=clamp: F - F0 is raised to this
-    noise_seed: int = 0  # seeds ECD's direction noise (nu > 0); the same on every rank
+    grad_clip: float = 1.0  # 0 disables clipping
+    decay: str = "matrices"  # which parameters take weight decay: matrices | matrices_and_embeddings | all
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"tables": True})
+
+    def check(self) -> None:
+        one_of("optim", "schedule", self.schedule, ("cosine", "constant", "linear"))
+        one_of("optim", "decay", self.decay, ("matrices", "matrices_and_embeddings", "all"))
 
 
 @dataclass
@@ -140,6 +195,13 @@ class TrainConfig:
     # step; a larger value saves that work on tiny models, and a non-finite loss then stops the run.
     sync_interval: int = 1
 
+    def check(self) -> None:
+        one_of("train", "on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        require(
+            self.sync_interval >= 1 and (self.sync_interval == 1 or self.on_nonfinite == "stop"),
+            "train.sync_interval must be >= 1, and 1 when train.on_nonfinite=skip; fix one of them",
+        )
+
 
 @dataclass
 class EvalConfig:
@@ -162,9 +224,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: dict[str, Any] = field(default_factory=lambda: {"name": "lm"})
+    # dotted keys that the command line set: where two settings conflict, the later one wins
+    from_cli: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
 
 
-SECTIONS = [f.name for f in dataclasses.fields(Config)]
+SECTIONS = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+# Where else a key lives, for the error of a key given in the wrong place: filled in by the components
+# that own sub-tables (optim/ registers each optimizer's knobs), read only to word the message.
+KEY_OWNERS: dict[str, dict[str, list[str]]] = {"optim": {}}
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -202,17 +269,36 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
+def unknown_key(section: str, key: str, names: list[str], preferred: Any = None) -> UserError:
+    owners = KEY_OWNERS.get(section, {}).get(key)
+    if owners:
+        owner = preferred if preferred in owners else owners[0]
+        tables = " and ".join(f"[{section}.{o}]" for o in owners) if len(owners) <= 2 else f"[{section}.<name>]"
+        return UserError(
+            f"'{section}.{key}' belongs in {tables}, not in [{section}]; write --{section}.{owner}.{key}=..."
+        )
+    return UserError(f"unknown config key '{section}.{key}'; did you mean '{section}.{_closest(key, names)}'?")
+
+
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    """Construct dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
+    """Construct dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types, then run its
+    ``check()`` (value ranges), if it has one."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    tables = next((f.name for f in fields.values() if f.metadata.get("tables")), None)
+    names = [n for n in fields if n != tables]
     obj = cls()
     for key, value in values.items():
+        if tables and isinstance(value, dict):
+            getattr(obj, tables)[key] = dict(value)
+            continue
         if key not in names:
-            raise UserError(f"unknown config key '{section}.{key}'; did you mean '{section}.{_closest(key, names)}'?")
+            raise unknown_key(section, key, names, plain(values.get("name")))
         if isinstance(value, Override):
             value = value.for_type(hints[key])
         setattr(obj, key, coerce(value, hints[key], f"{section}.{key}"))
+    if hasattr(obj, "check"):
+        obj.check()
     return obj
 
 
@@ -227,6 +313,15 @@ class Override:
         return self.text if kind is str and not isinstance(self.value, str) else self.value
 
 
+def plain(value: Any) -> Any:
+    """A value with its command-line wrapper removed (tables recursively)."""
+    if isinstance(value, Override):
+        return value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def parse_value(text: str) -> Any:
     """A CLI value is read as a TOML value (numbers, booleans, lists, quoted strings); else a bare string."""
     try:
@@ -235,28 +330,35 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(args: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``--a.b=1 --a.c.d=2`` -> {"a": {"b": Override, "c": {"d": Override}}}."""
+    out: dict[str, Any] = {}
     for arg in args:
         if not arg.startswith("--") or "=" not in arg or "." not in arg.split("=", 1)[0]:
             raise UserError(f"cannot read argument '{arg}'; write overrides as --section.key=value")
         key, text = arg[2:].split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = Override(text, parse_value(text))
+        *path, name = key.split(".")
+        table = out
+        for part in path:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise UserError(f"'{arg}' sets a key inside '{part}', which is a value; fix the argument")
+        table[name] = Override(text, parse_value(text))
     return out
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for section, values in extra.items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section].update(values)
+    """``extra`` over ``base``, tables merged key by key at every depth."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
         else:
-            merged[section] = values
+            merged[key] = value
     return merged
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; pass an existing .toml file (see configs/)")
@@ -265,9 +367,24 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file '{path}' is not valid TOML ({e}); fix the syntax") from None
     inherit = data.pop("inherit", None)  # a config may build on another, relative to itself
-    if inherit:
-        data = merge(read_toml(path.parent / inherit), data)
+    if inherit is not None:
+        if not isinstance(inherit, str) or not inherit:
+            raise UserError(f"'{path}': inherit must be the path of another config file, got {inherit!r}")
+        parent = (path.parent / inherit).resolve()
+        if parent in _seen or parent == path.resolve():
+            raise UserError(f"'{path}' inherits '{inherit}', which inherits it back; break the cycle")
+        data = merge(read_toml(parent, (*_seen, path.resolve())), data)
     return data
+
+
+def cli_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in data.items():
+        if isinstance(value, Override):
+            out.add(prefix + key)
+        elif isinstance(value, dict):
+            out |= cli_keys(value, f"{prefix}{key}.")
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -278,40 +395,97 @@ def from_dict(data: dict[str, Any]) -> Config:
         if not isinstance(values, dict):
             raise UserError(f"config section '{section}' must be a table of key = value pairs")
         if section == "task":  # free-form: its task validates it, so only the TOML reading is kept
-            values = {k: v.value if isinstance(v, Override) else v for k, v in values.items()}
-            cfg.task = {"name": "lm", **values}
+            cfg.task = {"name": "lm", **plain(values)}
             continue
         cls = type(getattr(cfg, section))
         setattr(cfg, section, build_section(cls, values, section))
+    cfg.from_cli = frozenset(cli_keys(data))
     return cfg
+
+
+def check_optimizer_overrides(cfg: Config) -> None:
+    """An override of an optimizer that will not run would be silently ignored: refuse it."""
+    for key in sorted(cfg.from_cli):
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "optim" and parts[1] != cfg.optim.name:
+            raise UserError(
+                f"--{key} sets a knob of optimizer '{parts[1]}', but optim.name is '{cfg.optim.name}'; "
+                f"drop it or add --optim.name={parts[1]}"
+            )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data = read_toml(path or DEFAULT_CONFIG)
-    return from_dict(merge(data, parse_overrides(overrides or [])))
+    cfg = from_dict(merge(data, parse_overrides(overrides or [])))
+    check_optimizer_overrides(cfg)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain TOML-shaped data: optimizer tables nested under ``optim``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):
+            out[f.name] = plain(value)
+            continue
+        section: dict[str, Any] = {}
+        for g in dataclasses.fields(value):
+            v = getattr(value, g.name)
+            if g.metadata.get("tables"):
+                section.update({name: plain(table) for name, table in v.items()})
+            else:
+                section[g.name] = list(v) if isinstance(v, list) else v
+        out[f.name] = section
+    return out
+
+
+def _toml_string(s: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+    out = []
+    for ch in s:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    bare = k and all(ch.isalnum() or ch in "_-" for ch in k) and k.isascii()
+    return k if bare else _toml_string(k)
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """Write a (two-level) config dict as TOML; the resolved config goes into every run dir."""
+    """Write nested tables of plain values as TOML; ``tomllib`` reads back exactly ``data``."""
+    lines: list[str] = []
 
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in values.items()]
+    def table(name: str, values: dict[str, Any]) -> None:
+        subtables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if k not in subtables)
         lines.append("")
+        for k, v in subtables.items():
+            table(f"{name}.{_toml_key(k)}", v)
+
+    for name, values in data.items():
+        table(_toml_key(name), values)
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import Any
 
 from configs import DataConfig, UserError
 from data.loader import TokenStream
+from data.prepare import prepare_builtin
 from data.shards import find_shards
 from data.tokenizer import GPT2_VOCAB, Tokenizer, get_tokenizer
 
@@ -72,8 +73,6 @@ def resolve_folder(cfg: DataConfig, ctx: Any = None) -> Path:
         folder = Path(cfg.root) / f"builtin-{cfg.tokenizer}"
         is_main = ctx is None or ctx.is_main
         if is_main and not (folder / "meta.json").exists():
-            from data.prepare import prepare_builtin
-
             print(f"preparing the built-in corpus into {folder} (once)", flush=True)
             prepare_builtin(folder, cfg.tokenizer)
         if ctx is not None:

@@ -1,18 +1,18 @@
 """Tokenize a corpus into train/val token shards (llm.c layout) plus meta.json.
 
     python -m data.prepare --source openwebtext --tokenizer gpt2
-    python -m data.prepare --source fineweb-edu --tokenizer gpt2 --max-tokens 5e8
-    python -m data.prepare --source files:corpus/ --tokenizer bpe --vocab-size 16384
+    python -m data.prepare --source fineweb-edu --tokenizer gpt2 --max_tokens 5e8
+    python -m data.prepare --source files:corpus/ --tokenizer bpe --vocab_size 16384
     python -m data.prepare --source builtin --tokenizer byte --out data/prepared/builtin-byte
 
 Sources: builtin, openwebtext, fineweb-edu (sample-10BT), hf:NAME or any Hugging Face dataset name,
 files:PATH (a .txt/.jsonl/.parquet file, a folder or a glob; a bare existing path works too).
-Tokenizers: gpt2 (tiktoken; offline: --bpe-file or GPT2_BPE_FILE), byte, bpe (trained here).
+Tokenizers: gpt2 (tiktoken; offline: --bpe_file or GPT2_BPE_FILE), byte, bpe (trained here).
 
 The corpus streams through: the main process reads documents and writes shards, worker processes
 tokenize chunks of about a megabyte of text, and only a few chunks are in flight, so memory stays
-bounded whatever the corpus size. Document i is held out for validation when i % --val-every == 0,
-until the validation split holds --val-tokens tokens. The output does not depend on --workers.
+bounded whatever the corpus size. Document i is held out for validation when i % --val_every == 0,
+until the validation split holds --val_tokens tokens. The output does not depend on --workers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from configs import UserError
+from configs import ArgumentParser, UserError, command
 from data.shards import dtype_for_vocab, write_shard
 from data.sources import Piece, Source, resolve_source
 from data.tokenizer import BPE_FILE_NAME, TOKENIZERS, Tokenizer, get_tokenizer, train_bpe
@@ -248,9 +248,9 @@ def prepare(
     from tqdm import tqdm
 
     if val_every < 2:
-        raise UserError(f"--val-every {val_every} leaves no training data; use 2 or more")
+        raise UserError(f"--val_every {val_every} leaves no training data; use 2 or more")
     if shard_tokens < 1 or workers < 1 or max_tokens < 0 or val_tokens < 0:
-        raise UserError("--shard-tokens and --workers must be positive, --max-tokens and --val-tokens not negative")
+        raise UserError("--shard_tokens and --workers must be positive, --max_tokens and --val_tokens not negative")
     out = Path(out)
     clear_output(out, overwrite)
     bpe_file = bpe_file or os.environ.get("GPT2_BPE_FILE")
@@ -287,8 +287,8 @@ def prepare(
         docs = splitter.doc_index + 1
         raise UserError(
             f"source '{source.name}' gave {docs} document(s), too few for a train and a val split (document i is "
-            "held out when i % --val-every == 0); add documents, or cut .txt files into documents with "
-            "--doc-separator (e.g. '\\n\\n' or '<|endoftext|>')"
+            "held out when i % --val_every == 0); add documents, or cut .txt files into documents with "
+            "--doc_separator (e.g. '\\n\\n' or '<|endoftext|>')"
         )
     meta = {
         "tokenizer": tok.name,
@@ -336,8 +336,8 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--source", required=True, help="builtin | openwebtext | fineweb-edu | hf:NAME | files:PATH")
@@ -345,28 +345,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"output folder (default: {DEFAULT_ROOT}/<source>-<tokenizer>)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.add_argument("--workers", type=int, default=default_workers(), help="tokenizing processes (default: all cores)")
-    p.add_argument("--max-tokens", type=count, default=0, help="stop once the train split holds this many (0: all)")
-    p.add_argument("--val-every", type=int, default=VAL_EVERY, help="hold out every N-th document")
-    p.add_argument("--val-tokens", type=count, default=VAL_TOKENS, help="cap on the val split (0: no cap)")
-    p.add_argument("--shard-tokens", type=count, default=SHARD_TOKENS, help="tokens per shard")
-    p.add_argument("--bpe-file", help="gpt2: a local GPT-2 ranks file (gpt2.tiktoken); default $GPT2_BPE_FILE")
-    p.add_argument("--vocab-size", type=int, default=BPE_VOCAB, help="bpe: vocabulary size, end-of-text included")
-    p.add_argument("--bpe-sample", type=count, default=BPE_SAMPLE_CHARS, help="bpe: characters to train it on")
-    p.add_argument("--text-field", default="text", help="the text field (jsonl) or column (parquet, datasets)")
+    p.add_argument("--max_tokens", type=count, default=0, help="stop once the train split holds this many (0: all)")
+    p.add_argument("--val_every", type=int, default=VAL_EVERY, help="hold out every N-th document")
+    p.add_argument("--val_tokens", type=count, default=VAL_TOKENS, help="cap on the val split (0: no cap)")
+    p.add_argument("--shard_tokens", type=count, default=SHARD_TOKENS, help="tokens per shard")
+    p.add_argument("--bpe_file", help="gpt2: a local GPT-2 ranks file (gpt2.tiktoken); default $GPT2_BPE_FILE")
+    p.add_argument("--vocab_size", type=int, default=BPE_VOCAB, help="bpe: vocabulary size, end-of-text included")
+    p.add_argument("--bpe_sample", type=count, default=BPE_SAMPLE_CHARS, help="bpe: characters to train it on")
+    p.add_argument("--text_field", default="text", help="the text field (jsonl) or column (parquet, datasets)")
     p.add_argument(
-        "--doc-separator",
+        "--doc_separator",
         default="",
         help=r"txt: the string between documents, e.g. '\n\n' or '<|endoftext|>' (default: one document per file)",
     )
-    p.add_argument("--hf-config", help="datasets: configuration / subset name")
-    p.add_argument("--hf-split", default="train", help="datasets: split to read")
-    p.add_argument("--data-files", nargs="+", help="datasets: data_files for a builder such as json or parquet")
+    p.add_argument("--hf_config", help="datasets: configuration / subset name")
+    p.add_argument("--hf_split", default="train", help="datasets: split to read")
+    p.add_argument("--data_files", nargs="+", help="datasets: data_files for a builder such as json or parquet")
     p.add_argument(
         "--streaming", action=argparse.BooleanOptionalAction, default=True, help="datasets: stream instead of caching"
     )
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -389,9 +390,6 @@ def main(argv: list[str] | None = None) -> int:
             shard_tokens=args.shard_tokens,
             overwrite=args.overwrite,
         )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: the output folder holds no meta.json; run again with --overwrite", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@
   read through Hugging Face ``datasets`` (streamed by default, or downloaded into its cache), one
   document per row of the text column.
 - ``files:PATH`` (or a bare existing PATH): a file, a folder (searched recursively) or a glob of
-  ``.txt`` (one document per file, or per part between two ``--doc-separator``), ``.jsonl`` (one
+  ``.txt`` (one document per file, or per part between two ``--doc_separator``), ``.jsonl`` (one
   document per line, a text field) and ``.parquet`` (one document per row, a text column) files,
   read in sorted order.
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs import UserError
+from data.builtin import documents
 
 HF_ALIASES = {
     "openwebtext": ("Skylion007/openwebtext", None),
@@ -74,8 +75,6 @@ def resolve_source(
 
 
 def builtin_pieces() -> Iterator[Piece]:
-    from data.builtin import documents
-
     for doc in documents():
         yield doc, True
 
@@ -164,7 +163,7 @@ def jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
             if not isinstance(record, dict) or text_field not in record:
                 fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise UserError(
-                    f"'{path}' line {lineno} has no field '{text_field}' (it has: {fields}); pass --text-field NAME"
+                    f"'{path}' line {lineno} has no field '{text_field}' (it has: {fields}); pass --text_field NAME"
                 )
             text = record[text_field]
             if text:
@@ -181,7 +180,7 @@ def parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
         raise UserError(f"cannot read '{path}' as parquet ({e}); check the file") from None
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise UserError(f"'{path}' has no column '{text_field}' (it has: {', '.join(names)}); pass --text-field NAME")
+        raise UserError(f"'{path}' has no column '{text_field}' (it has: {', '.join(names)}); pass --text_field NAME")
     for batch in pf.iter_batches(batch_size=HF_BATCH, columns=[text_field]):
         for text in batch.column(0).to_pylist():
             if text:
@@ -190,7 +189,7 @@ def parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
 
 def _as_text(value: object, where: str, text_field: str) -> str:
     if not isinstance(value, str):
-        raise UserError(f"{where}: field '{text_field}' holds {type(value).__name__}, not text; pass --text-field NAME")
+        raise UserError(f"{where}: field '{text_field}' holds {type(value).__name__}, not text; pass --text_field NAME")
     return value
 
 
@@ -211,7 +210,7 @@ def hf_source(
         for rows in ds.iter(batch_size=HF_BATCH):
             if text_field not in rows:
                 raise UserError(
-                    f"dataset '{name}' has no column '{text_field}' (it has: {', '.join(rows)}); pass --text-field NAME"
+                    f"dataset '{name}' has no column '{text_field}' (it has: {', '.join(rows)}); pass --text_field NAME"
                 )
             for text in rows[text_field]:
                 if text:
@@ -232,6 +231,6 @@ def open_hf_dataset(name: str, config: str | None, split: str, streaming: bool, 
     except Exception as e:  # offline, unknown name, gated, bad config or split: all end here
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot open dataset '{name}' through datasets ({reason}); check the name, --hf-config, "
-            "--hf-split and the network, or prepare local files with --source files:PATH"
+            f"cannot open dataset '{name}' through datasets ({reason}); check the name, --hf_config, "
+            "--hf_split and the network, or prepare local files with --source files:PATH"
         ) from None

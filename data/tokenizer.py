@@ -2,7 +2,7 @@
 
 - ``byte``: UTF-8 bytes 0..255 plus end-of-text 256; needs nothing.
 - ``gpt2``: tiktoken's GPT-2 encoding (50,257 tokens, end-of-text 50256). Offline, tiktoken cannot
-  download its ranks, so ``--bpe-file`` / ``GPT2_BPE_FILE`` may point at a local ranks file in
+  download its ranks, so ``--bpe_file`` / ``GPT2_BPE_FILE`` may point at a local ranks file in
   tiktoken's format (``gpt2.tiktoken``, the same ranks as tiktoken's ``r50k_base``).
 - ``bpe``: a byte-level BPE trained with the ``tokenizers`` library on the corpus being prepared and
   saved beside its shards as ``tokenizer.json``. Its end-of-text id is one past the trained
@@ -31,7 +31,7 @@ GPT2_VOCAB = 50257
 GPT2_MERGES = 50256  # ranks in a GPT-2 ranks file (every token but end-of-text)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_HOW_TO = (
-    "set GPT2_BPE_FILE=PATH (python -m data.prepare also takes --bpe-file PATH) to a GPT-2 ranks file in "
+    "set GPT2_BPE_FILE=PATH (python -m data.prepare also takes --bpe_file PATH) to a GPT-2 ranks file in "
     "tiktoken's format: gpt2.tiktoken, the same ranks as tiktoken's r50k_base; one ships in the "
     "openai-whisper package as whisper/assets/gpt2.tiktoken"
 )
@@ -137,7 +137,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: str | Path) -> Tokeni
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 258:
-        raise UserError(f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at least 258")
+        raise UserError(f"--vocab_size {vocab_size} is too small for a byte-level BPE; use at least 258")
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

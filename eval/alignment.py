@@ -26,7 +26,6 @@ ranking, DIR/heatmap_layer{l}.png (per head: class x position mean cosine) and D
 
 from __future__ import annotations
 
-import argparse
 import json
 import string
 import sys
@@ -38,7 +37,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configs import UserError, command
+from configs import ArgumentParser, UserError, command, resolve_device
+from data.dataset import resolve_folder
+from data.shards import find_shards, open_shard
+from eval.run import load_run
 
 FUNCTION_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that "
@@ -130,9 +132,6 @@ def frequency_classes(counts: np.ndarray) -> dict[str, np.ndarray]:
 
 def train_token_counts(config: Any, vocab_size: int, max_tokens: int) -> np.ndarray | None:
     """Token counts over the first ``max_tokens`` of the run's training split; None if it is unavailable."""
-    from data.dataset import resolve_folder
-    from data.shards import find_shards, open_shard
-
     try:
         files = find_shards(resolve_folder(config.data), "train")
     except UserError:
@@ -279,7 +278,7 @@ def format_summary(summary: dict[str, Any], n_tokens: int = 5) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Alignment of token keys with the query-bias direction, per head.")
+    p = ArgumentParser(description="Alignment of token keys with the query-bias direction, per head.")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="folder for alignment.json, cosines.npy and the PNGs")
     p.add_argument("--positions", type=int, default=8, help="positions spaced evenly over the context (incl. 0)")
@@ -288,10 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random direction")
     p.add_argument("--freq_tokens", type=int, default=10_000_000, help="training tokens counted for frequency bands")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_device()
     args = p.parse_args(argv)
-    from eval.run import load_run
-
+    args.device = resolve_device(args.device)
     run = load_run(args.run_dir, args.device, args.checkpoint)
     model = run.model
     direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")

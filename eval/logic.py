@@ -1,6 +1,6 @@
 """The logic-puzzle suite: eight categories of templated items, scored by next-token statistics.
 
-    python -m eval.logic RUN_DIR [--n 100] [--out FILE.json] [--no-bias]
+    python -m eval.logic RUN_DIR [--n 100] [--out FILE.json] [--no_bias]
 
 Answer categories (a prompt and the answer that continues it):
   numeric      arithmetic, geometric and Fibonacci-like sequences: "3, 7, 11, 15," -> " 19"
@@ -31,7 +31,6 @@ exp(mean log_ratio) (a geometric mean of the per-item ratios), prefer = share of
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -46,7 +45,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from configs import UserError, command
+from configs import ArgumentParser, UserError, command, resolve_device
+from eval.run import load_run
 
 ANSWER_CATEGORIES = ("numeric", "alphabetic", "near", "far", "inference", "copying")
 PAIR_CATEGORIES = ("negation", "syntax")
@@ -420,18 +420,17 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run the logic-puzzle suite on a trained run (mean biases by default).")
+    p = ArgumentParser(description="Run the logic-puzzle suite on a trained run (mean biases by default).")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=100, help="items per category")
     p.add_argument("--seed", type=int, default=0, help="seed of the item templates")
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/logic.json, or logic_nobias.json)")
-    p.add_argument("--no-bias", action="store_true", help="drop the mean attention biases at inference")
+    p.add_argument("--no_bias", action="store_true", help="drop the mean attention biases at inference")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_device()
     args = p.parse_args(argv)
-    from eval.run import load_run
-
+    args.device = resolve_device(args.device)
     run = load_run(args.run_dir, args.device, args.checkpoint)
     results = evaluate_suite(
         run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size, progress=True

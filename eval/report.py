@@ -11,7 +11,6 @@ Writes DIR/report.md, DIR/val_loss.png and, when any run has a logic.json, DIR/l
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from configs import UserError, command
+from configs import ArgumentParser, UserError, command
 from eval.logic import ANSWER_CATEGORIES, PAIR_CATEGORIES
 
 
@@ -209,7 +208,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Table and plots comparing runs (optimizer x mode x seed).")
+    p = ArgumentParser(description="Table and plots comparing runs (optimizer x mode x seed).")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="folder for report.md and the PNGs")
     args = p.parse_args(argv)

@@ -4,39 +4,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from configs import UserError, from_dict
+from checkpoints import list_checkpoints, load_checkpoint
+from configs import Config, UserError, from_dict
+from data.dataset import TOKENIZER_DIR, load_meta, load_tokenizer, open_dataset
+from data.tokenizer import Tokenizer
+from model import GPT
+from optim import upgrade_config
 
 
 @dataclass
 class LoadedRun:
     run_dir: Path
-    config: Any  # configs.Config
-    model: torch.nn.Module  # model.GPT, in eval mode
-    tokenizer: Any  # data.tokenizer.Tokenizer
+    config: Config
+    model: GPT  # in eval mode
+    tokenizer: Tokenizer
     checkpoint: Path
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    from checkpoints import list_checkpoints
-
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"no checkpoint in '{run_dir}'; pass a run dir that finished at least one checkpoint")
     return ckpts[-1]
 
 
-def run_tokenizer(run_dir: Path, cfg: Any) -> Any:
+def run_tokenizer(run_dir: Path, cfg: Config) -> Tokenizer:
     """The run's own copy of its tokenizer; runs without one read it from their dataset."""
-    from data.dataset import TOKENIZER_DIR, load_meta, load_tokenizer, open_dataset
-
     saved = run_dir / TOKENIZER_DIR
     if (saved / "meta.json").exists():
         return load_tokenizer(saved, load_meta(saved))
     return open_dataset(cfg.data).tokenizer
+
+
+def stored_config(state: dict) -> Config:
+    """The config a checkpoint was written with, in today's shape."""
+    return from_dict(upgrade_config(state["config"]))
 
 
 def load_run(
@@ -46,19 +51,16 @@ def load_run(
 
     Needs only the run dir: the tokenizer comes from the copy the trainer keeps there.
     """
-    from checkpoints import load_checkpoint
-    from train import build_gpt
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir '{run_dir}' not found; pass the folder a training run wrote (runs/<name>)")
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
+    cfg = stored_config(state)
     if cfg.task.get("name", "lm") != "lm":
         raise UserError(f"'{run_dir}' is a {cfg.task['name']} run; this tool reads language-model runs")
     tokenizer = run_tokenizer(run_dir, cfg)
-    model = build_gpt(cfg, tokenizer.vocab_size)
+    model = GPT.from_config(cfg, tokenizer.vocab_size)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, model, tokenizer, path)

@@ -8,14 +8,16 @@ attention stays on F.scaled_dot_product_attention.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.symmetry import MODES, BiasSpec
+from configs import Config, ModelConfig, SymmetryConfig, UserError
+from model.symmetry import BiasSpec
 
 PRESETS: dict[str, tuple[int, int, int]] = {  # name: (n_layer, n_head, n_embd)
     "tiny": (2, 2, 64),
@@ -29,36 +31,37 @@ PRESETS: dict[str, tuple[int, int, int]] = {  # name: (n_layer, n_head, n_embd)
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
+    """The architecture: the ``[model]`` knobs resolved (a preset expanded, the vocabulary known) and
+    the ``[symmetry]`` settings, which the attention biases and their draws read."""
+
     vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    mlp: str = "prelu"  # prelu | gelu
-    prelu_mean: float = 0.2
-    prelu_std: float = 1.0
-    bias: bool = True
-    dropout: float = 0.0
-    # symmetry breaking
-    mode: str = "bqbv"
-    q_mean: float = 0.5
-    q_std_min: float = 0.05
-    q_std_max: float = 0.15
-    v_mean: float = 0.5
-    v_std: float = 0.05
-    k_bias: bool = False
-    k_mean: float = 0.5
-    k_std: float = 0.05
-    per_head: bool = False
+    symmetry: SymmetryConfig = field(default_factory=SymmetryConfig)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"symmetry mode must be one of {MODES}, got {self.mode!r}")
-        if self.mlp not in ("prelu", "gelu"):
-            raise ValueError(f"mlp must be 'prelu' or 'gelu', got {self.mlp!r}")
+        self.symmetry.check()
+        self.check()
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, symmetry: SymmetryConfig, tokenizer_vocab: int) -> GPTConfig:
+        """The architecture ``model`` describes for a tokenizer of ``tokenizer_vocab`` ids."""
+        knobs = dataclasses.asdict(model)
+        if model.preset:
+            if model.preset not in PRESETS:
+                raise UserError(f"unknown model.preset '{model.preset}'; use one of: {', '.join(PRESETS)}")
+            knobs["n_layer"], knobs["n_head"], knobs["n_embd"] = PRESETS[model.preset]
+        knobs["vocab_size"] = model.vocab_size or tokenizer_vocab
+        if knobs["vocab_size"] < tokenizer_vocab:
+            raise UserError(
+                f"model.vocab_size {model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}; "
+                "raise it or set 0"
+            )
+        try:
+            return cls(**knobs, symmetry=dataclasses.replace(symmetry))
+        except ValueError as e:
+            raise UserError(f"invalid model config: {e}") from None
 
     @property
     def head_dim(self) -> int:
@@ -69,21 +72,7 @@ class GPTConfig:
         return (self.vocab_size + 63) // 64 * 64
 
     def bias_spec(self) -> BiasSpec:
-        return BiasSpec(
-            mode=self.mode,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            head_dim=self.head_dim,
-            q_mean=self.q_mean,
-            q_std_min=self.q_std_min,
-            q_std_max=self.q_std_max,
-            v_mean=self.v_mean,
-            v_std=self.v_std,
-            k_bias=self.k_bias,
-            k_mean=self.k_mean,
-            k_std=self.k_std,
-            per_head=self.per_head,
-        )
+        return BiasSpec(self.symmetry, self.n_layer, self.n_head, self.head_dim)
 
 
 class PReLU(nn.Module):
@@ -192,6 +181,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    @classmethod
+    def from_config(cls, cfg: Config, tokenizer_vocab: int) -> GPT:
+        """The GPT that ``cfg.model`` and ``cfg.symmetry`` describe, for a tokenizer of ``tokenizer_vocab`` ids."""
+        return cls(GPTConfig.from_config(cfg.model, cfg.symmetry, tokenizer_vocab))
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -286,7 +280,7 @@ class GPT(nn.Module):
                 heads = mean[i].expand(self.config.n_head, -1).reshape(C)
                 lin.bias[offset : offset + C] += heads.to(lin.bias.dtype)
             delattr(self, f"mean_b{name}")
-        self.config.mode, self.config.k_bias = "symmetric", False
+        self.config.symmetry = dataclasses.replace(self.config.symmetry, mode="symmetric", k_bias=False)
         self.bias_spec = self.config.bias_spec()
 
     def flops_per_token(self) -> float:

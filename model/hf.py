@@ -1,7 +1,7 @@
-"""Hugging Face interop: export a run to a ``save_pretrained`` folder, import stock GPT-2 weights.
+"""Hugging Face interop: our GPT to ``transformers`` models and back (the commands are in eval/hf.py).
 
-    python -m model.hf export RUN_DIR OUT_DIR [--custom]   # safetensors, config, tokenizer (+ modelling code)
-    python -m model.hf import SRC OUT_RUN                  # SRC: a local GPT-2 folder or a hub name
+    python -m eval.hf export RUN_DIR OUT_DIR [--custom]   # safetensors, config, tokenizer (+ modelling code)
+    python -m eval.hf import SRC OUT_RUN                  # SRC: a local GPT-2 folder or a hub name
 
 Export folds the mean attention biases into the projection bias first (exact, see
 GPT.fold_mean_biases), so nothing of the symmetry breaking is left at inference. A GELU model then
@@ -14,18 +14,18 @@ vocabulary only (the padding rows of the embedding are dropped).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
+import runpy
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
-from configs import UserError, command
+from configs import SymmetryConfig, UserError
 from model.gpt import GPT, GPTConfig
+from model.hf_modeling import SymbreakConfig, SymbreakForCausalLM
 
 MODELING_FILE = Path(__file__).with_name("hf_modeling.py")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -56,8 +56,6 @@ def _with_zero_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def to_gpt2(model: GPT, eot: int | None = None):
     """A transformers ``GPT2LMHeadModel`` computing the same logits (GELU models only)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     if model.config.mlp != "gelu":
         raise UserError("only a GELU model exports to stock GPT-2; a PReLU model needs the custom code (--custom)")
     cfg, state = folded_state(model)
@@ -92,8 +90,6 @@ def to_gpt2(model: GPT, eot: int | None = None):
 
 def to_custom(model: GPT, eot: int | None = None):
     """The model as ``modeling_symbreak.SymbreakForCausalLM`` (imported from model/hf_modeling.py)."""
-    from model.hf_modeling import SymbreakConfig, SymbreakForCausalLM
-
     cfg, state = folded_state(model)
     hf_cfg = SymbreakConfig(
         vocab_size=cfg.vocab_size,
@@ -146,7 +142,7 @@ def from_gpt2(hf: Any) -> GPT:
         n_head=c.n_head,
         n_embd=c.n_embd,
         mlp="gelu",
-        mode="symmetric",
+        symmetry=SymmetryConfig(mode="symmetric"),
     )
     model = GPT(cfg)
     state = {k: v.detach().float().clone() for k, v in hf.state_dict().items() if not k.startswith("lm_head")}
@@ -163,84 +159,5 @@ def from_gpt2(hf: Any) -> GPT:
     return model.eval()
 
 
-def load_gpt2(src: str):
-    """A ``GPT2LMHeadModel`` from a local folder, or from the hub when ``src`` is a name and we are online."""
-    from transformers import GPT2LMHeadModel
-
-    try:
-        return GPT2LMHeadModel.from_pretrained(src)
-    except OSError as e:
-        raise UserError(f"cannot load GPT-2 weights from '{src}' ({e}); pass a local save_pretrained folder") from None
-
-
-def import_run(src: str, out_run: str | Path) -> Path:
-    """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools."""
-    from checkpoints import save_checkpoint
-    from configs import from_dict, to_dict, to_toml
-    from data.dataset import TOKENIZER_DIR
-    from data.tokenizer import GPT2_VOCAB
-
-    out = Path(out_run)
-    if out.exists() and any(out.glob("ckpt_*.pt")):
-        raise UserError(f"'{out}' already holds a run; choose another OUT_RUN")
-    model = from_gpt2(load_gpt2(src))
-    c = model.config
-    cfg = from_dict(
-        {
-            "run": {"name": out.name, "dir": str(out.parent)},
-            "model": {
-                "n_layer": c.n_layer,
-                "n_head": c.n_head,
-                "n_embd": c.n_embd,
-                "block_size": c.block_size,
-                "vocab_size": c.vocab_size,
-                "mlp": "gelu",
-            },
-            "symmetry": {"mode": "symmetric"},
-            "data": {"tokenizer": "gpt2"},
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(to_toml(to_dict(cfg)))
-    tok_dir = out / TOKENIZER_DIR  # the eval tools read a run's tokenizer from here
-    tok_dir.mkdir(exist_ok=True)
-    (tok_dir / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}) + "\n")
-    payload = {"model": model.state_dict(), "config": to_dict(cfg), "step": 0, "tokens": 0, "source": str(src)}
-    return save_checkpoint(out, 0, payload, keep=1)
-
-
-@command
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a run to Hugging Face format, or import GPT-2 weights.")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="write a save_pretrained folder for RUN_DIR")
-    e.add_argument("run_dir")
-    e.add_argument("out_dir")
-    e.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
-    e.add_argument("--custom", action="store_true", help="use the custom modelling code even for a GELU model")
-    i = sub.add_parser("import", help="make a run dir from stock GPT-2 weights")
-    i.add_argument("src", help="a local GPT-2 folder (save_pretrained), or a hub name such as gpt2 when online")
-    i.add_argument("out_run")
-    args = p.parse_args(argv)
-    if args.command == "export":
-        from data.hf_tokenizer import to_hf
-        from eval.run import load_run
-
-        run = load_run(args.run_dir, "cpu", args.checkpoint)
-        kind = export(run.model, args.out_dir, run.tokenizer.eot, args.custom)
-        to_hf(run.tokenizer, run.model.config.block_size).save_pretrained(args.out_dir)
-        (Path(args.out_dir) / "symbreak.json").write_text(
-            json.dumps(
-                {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
-            )
-        )
-        how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
-        print(f"exported {run.checkpoint} with its {run.tokenizer.name} tokenizer to {args.out_dir} ({how})")
-    else:
-        path = import_run(args.src, args.out_run)
-        print(f"imported {args.src} into {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the documented `python -m model.hf export|import ...` runs the command in eval/hf.py
+    runpy.run_module("eval.hf", run_name="__main__", alter_sys=True)

@@ -15,52 +15,46 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("symmetric", "bq", "bqbv")
+from configs import MODES, SymmetryConfig
+
+__all__ = ["MODES", "BiasSpec", "draw_biases", "draw_key"]
 _MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
 class BiasSpec:
-    """What to draw: derived from SymmetryConfig and the model's shape."""
+    """What to draw: the symmetry settings and the model's shape."""
 
-    mode: str
+    symmetry: SymmetryConfig
     n_layer: int
     n_head: int
     head_dim: int
-    q_mean: float = 0.5
-    q_std_min: float = 0.05
-    q_std_max: float = 0.15
-    v_mean: float = 0.5
-    v_std: float = 0.05
-    k_bias: bool = False
-    k_mean: float = 0.5
-    k_std: float = 0.05
-    per_head: bool = False
 
     @property
     def has_q(self) -> bool:
-        return self.mode in ("bq", "bqbv")
+        return self.symmetry.mode in ("bq", "bqbv")
 
     @property
     def has_v(self) -> bool:
-        return self.mode == "bqbv"
+        return self.symmetry.mode == "bqbv"
+
+    @property
+    def has_k(self) -> bool:
+        return self.symmetry.k_bias
 
     @property
     def draws_anything(self) -> bool:
-        return self.has_q or self.has_v or self.k_bias
+        return self.has_q or self.has_v or self.has_k
 
     def q_std(self) -> torch.Tensor:
-        return torch.linspace(self.q_std_min, self.q_std_max, self.head_dim)
+        return torch.linspace(self.symmetry.q_std_min, self.symmetry.q_std_max, self.head_dim)
 
     def means(self) -> dict[str, torch.Tensor]:
         """Per-coordinate means, shape (head_dim,), for the biases this spec uses."""
-        out = {}
-        if self.has_q:
-            out["q"] = torch.full((self.head_dim,), self.q_mean)
-        if self.has_v:
-            out["v"] = torch.full((self.head_dim,), self.v_mean)
-        if self.k_bias:
-            out["k"] = torch.full((self.head_dim,), self.k_mean)
+        s, out = self.symmetry, {}
+        for name, used, mean in (("q", self.has_q, s.q_mean), ("v", self.has_v, s.v_mean), ("k", self.has_k, s.k_mean)):
+            if used:
+                out[name] = torch.full((self.head_dim,), mean)
         return out
 
 
@@ -90,7 +84,8 @@ def draw_biases(
     """
     if not spec.draws_anything:
         return None
-    heads = spec.n_head if spec.per_head else 1
+    s = spec.symmetry
+    heads = spec.n_head if s.per_head else 1
     shape = (heads, spec.head_dim)
     q_std = spec.q_std() if spec.has_q else None
     out: dict[str, list[torch.Tensor]] = {name: [] for name in spec.means()}
@@ -98,9 +93,9 @@ def draw_biases(
     for layer in range(spec.n_layer):
         gen.manual_seed(draw_key(seed, micro_index, layer))
         if spec.has_q:
-            out["q"].append(spec.q_mean + q_std * torch.randn(shape, generator=gen))
+            out["q"].append(s.q_mean + q_std * torch.randn(shape, generator=gen))
         if spec.has_v:
-            out["v"].append(spec.v_mean + spec.v_std * torch.randn(shape, generator=gen))
-        if spec.k_bias:
-            out["k"].append(spec.k_mean + spec.k_std * torch.randn(shape, generator=gen))
+            out["v"].append(s.v_mean + s.v_std * torch.randn(shape, generator=gen))
+        if spec.has_k:
+            out["k"].append(s.k_mean + s.k_std * torch.randn(shape, generator=gen))
     return {name: torch.stack(vals).to(device, non_blocking=True) for name, vals in out.items()}

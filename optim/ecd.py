@@ -1,4 +1,4 @@
-"""Energy Conserving Descent, the q=1 form (SCIENCE.md section 1).
+"""Energy Conserving Descent, the q=1 form (docs/optimizers.md has the algorithm and its sources).
 
 θ is every parameter as one vector of dimension d, g its gradient and F the step's loss, both with
 coupled L2 (g + wd·θ, F + ½·Σ_groups wd·‖θ_group‖²). With Δt = lr/√η and ν' = ν/√d, one step is:
@@ -26,15 +26,34 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from configs import OptimConfig, UserError
+from configs import UserError, non_negative, one_of, positive
 from model.symmetry import draw_key
 
 LOW_LOSS_POLICIES = ("error", "skip", "clamp")
 CLAMP_REPORT_EVERY = 100  # steps between the (synchronising) checks for clamped steps
+
+
+@dataclass
+class Options:  # [optim.ecd]
+    lr: float = 1.0  # the time step is lr / sqrt(eta)
+    eta: float = 100.0
+    f0: float = 2.0  # must lie below every loss the run sees
+    nu: float = 0.0  # direction noise; 0 switches it off
+    weight_decay: float = 0.0  # coupled L2, into the gradient and the loss
+    per_tensor: bool = False  # reproduce the reference code's per-tensor dot products
+    on_low_loss: str = "error"  # what to do when F <= F0: error | skip | clamp
+    low_loss_floor: float = 1e-3  # on_low_loss=clamp: F - F0 is raised to this
+    noise_seed: int = 0  # seeds the direction noise (nu > 0); the same on every rank
+
+    def check(self) -> None:
+        positive("optim.ecd", eta=self.eta, low_loss_floor=self.low_loss_floor)
+        non_negative("optim.ecd", nu=self.nu, weight_decay=self.weight_decay)
+        one_of("optim.ecd", "on_low_loss", self.on_low_loss, LOW_LOSS_POLICIES)
 
 
 class LowLossError(UserError):
@@ -62,14 +81,7 @@ class ECD(torch.optim.Optimizer):
         low_loss_floor: float = 1e-3,
         noise_seed: int = 0,
     ):
-        if on_low_loss not in LOW_LOSS_POLICIES:
-            raise UserError(f"unknown optim.on_low_loss '{on_low_loss}'; use one of: {', '.join(LOW_LOSS_POLICIES)}")
-        if eta <= 0:
-            raise UserError(f"optim.eta must be positive for ECD, got {eta}")
-        if nu < 0:
-            raise UserError(f"optim.nu must be >= 0 for ECD, got {nu}")
-        if low_loss_floor <= 0:
-            raise UserError(f"optim.low_loss_floor must be positive, got {low_loss_floor}")
+        Options(lr, eta, f0, nu, weight_decay, per_tensor, on_low_loss, low_loss_floor, noise_seed).check()
         defaults = dict(lr=lr, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.eta, self.f0, self.nu, self.per_tensor = eta, f0, nu, per_tensor
@@ -146,10 +158,10 @@ class ECD(torch.optim.Optimizer):
             if bool(gap <= 0):  # the policy's one host synchronisation per step
                 msg = (
                     f"ECD: loss {float(F):.6g} is at or below F0 = {self.f0} at step {self.steps + 1}; "
-                    "the energy (F - F0) is undefined there; set optim.f0 below the lowest loss"
+                    "the energy (F - F0) is undefined there; set optim.ecd.f0 below the lowest loss"
                 )
                 if self.on_low_loss == "error":
-                    raise LowLossError(msg + " (or optim.on_low_loss=skip|clamp)")
+                    raise LowLossError(msg + " (or optim.ecd.on_low_loss=skip|clamp)")
                 self.skipped += 1
                 _say(f"warning: {msg}; step skipped ({self.skipped} so far)")
                 return loss
@@ -188,7 +200,7 @@ class ECD(torch.optim.Optimizer):
         if n > self.low_loss_reported:
             _say(
                 f"warning: ECD: F - F0 <= 0 on {n} step(s) so far (clamped to {self.low_loss_floor}); "
-                "set optim.f0 below the lowest loss"
+                "set optim.ecd.f0 below the lowest loss"
             )
             self.low_loss_reported = n
 
@@ -218,19 +230,21 @@ class ECD(torch.optim.Optimizer):
         self.low_loss_steps = extra["low_loss_steps"].to(self.device)
         self.low_loss_reported = int(extra["low_loss_reported"])
         if int(extra["noise_seed"]) != self.noise_seed:
-            raise UserError("the checkpoint's ECD noise_seed differs from optim.noise_seed; keep it the same to resume")
+            raise UserError(
+                "the checkpoint's ECD noise_seed differs from optim.ecd.noise_seed; keep it the same to resume"
+            )
 
 
-def build(param_groups: list[dict], cfg: OptimConfig) -> ECD:
+def build(param_groups: list[dict], o: Options) -> ECD:
     return ECD(
         param_groups,
-        lr=cfg.lr,
-        eta=cfg.eta,
-        f0=cfg.f0,
-        nu=cfg.nu,
-        weight_decay=cfg.weight_decay,
-        per_tensor=cfg.per_tensor,
-        on_low_loss=cfg.on_low_loss,
-        low_loss_floor=cfg.low_loss_floor,
-        noise_seed=cfg.noise_seed,
+        lr=o.lr,
+        eta=o.eta,
+        f0=o.f0,
+        nu=o.nu,
+        weight_decay=o.weight_decay,
+        per_tensor=o.per_tensor,
+        on_low_loss=o.on_low_loss,
+        low_loss_floor=o.low_loss_floor,
+        noise_seed=o.noise_seed,
     )

@@ -17,9 +17,22 @@ the norm taken before the step over all of the neuron's slices jointly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from configs import OptimConfig, UserError
+from configs import UserError, non_negative, require
+
+
+@dataclass
+class Options:  # [optim.per_neuron]
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0  # coupled L2
+
+    def check(self) -> None:
+        require(0 <= self.momentum < 1, f"optim.per_neuron.momentum must be in [0, 1), got {self.momentum}")
+        non_negative("optim.per_neuron", weight_decay=self.weight_decay)
 
 
 def _view(scale: torch.Tensor, p: torch.Tensor, dim: int) -> torch.Tensor:
@@ -76,5 +89,5 @@ class PerNeuronSGD(torch.optim.Optimizer):
         return None
 
 
-def build(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    return PerNeuronSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def build(groups: list[dict], o: Options) -> torch.optim.Optimizer:
+    return PerNeuronSGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)

@@ -28,14 +28,36 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from configs import OptimConfig, UserError
+from configs import UserError, non_negative
 
 SIDES = ("left", "right")
 BASES = tuple(f"q_{side}" for side in SIDES)
+
+
+@dataclass
+class Options:  # [optim.soap]
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # decoupled, as AdamW's
+    precondition_frequency: int = 10  # steps between eigenbasis refreshes
+    max_precond_dim: int = 10000  # a matrix side longer than this is not preconditioned
+    shampoo_beta: float = -1.0  # EMA of the Gram matrices; < 0: betas[1]
+    spread_refresh: bool = True  # DDP: each rank refreshes a share of the eigenbases and broadcasts them
+
+    def check(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"optim.soap.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.precondition_frequency < 1:
+            raise UserError(f"optim.soap.precondition_frequency must be >= 1, got {self.precondition_frequency}")
+        non_negative("optim.soap", eps=self.eps, weight_decay=self.weight_decay, max_precond_dim=self.max_precond_dim)
+        if self.shampoo_beta >= 1:
+            raise UserError(f"optim.soap.shampoo_beta must be < 1 (< 0: betas[1]), got {self.shampoo_beta}")
 
 
 def _matrix(t: torch.Tensor) -> torch.Tensor:
@@ -102,10 +124,7 @@ class SOAP(torch.optim.Optimizer):
         shampoo_beta: float = -1.0,
         spread_refresh: bool = True,
     ):
-        if precondition_frequency < 1:
-            raise UserError(f"optim.precondition_frequency must be >= 1, got {precondition_frequency}")
-        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
-            raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+        Options(lr, list(betas), eps, weight_decay, precondition_frequency, max_precond_dim, shampoo_beta).check()
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -244,15 +263,15 @@ class SOAP(torch.optim.Optimizer):
         return loss
 
 
-def build(param_groups: list[dict], cfg: OptimConfig) -> SOAP:
+def build(param_groups: list[dict], o: Options) -> SOAP:
     return SOAP(
         param_groups,
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        precondition_frequency=cfg.precondition_frequency,
-        max_precond_dim=cfg.max_precond_dim,
-        shampoo_beta=cfg.shampoo_beta,
-        spread_refresh=cfg.spread_refresh,
+        lr=o.lr,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        precondition_frequency=o.precondition_frequency,
+        max_precond_dim=o.max_precond_dim,
+        shampoo_beta=o.shampoo_beta,
+        spread_refresh=o.spread_refresh,
     )

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from configs import Config, UserError, build_section
+import optim
+from configs import Config, UserError
+from runtime import Context
 from small_tasks import agf, plots, staircase
-from small_tasks.group_composition import SmallTask
-from train import Context
+from tasks import SmallTask
 
 LEVEL_TOL = 0.02  # AGF's loss levels must match the plateaus within 2%
 JUMP_TOL = 0.25  # and its jump steps the observed drops within 25%
@@ -47,9 +48,12 @@ class DiagonalLinear(nn.Module):
 
 
 class DiagonalLinearTask(SmallTask):
+    config_class = DiagonalLinearConfig
+    data_seed_key = "data_seed"
+
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
-        self.tc = tc = build_section(DiagonalLinearConfig, cfg.task, "task")
+        tc = self.tc
         if tc.d < 1 or tc.n < 1 or not 0 < tc.alpha < 0.5:
             raise UserError("task.d and task.n must be >= 1 and task.alpha in (0, 0.5); fix the values")
         rng = np.random.default_rng(tc.data_seed)
@@ -86,7 +90,7 @@ class DiagonalLinearTask(SmallTask):
             return {"beta": [float(f"{v:.6g}") for v in (model.u * model.v).tolist()]}
 
     def predicted_steps(self) -> list[float]:
-        return [t / self.cfg.optim.lr for t in self.prediction.times]
+        return [t / optim.settings(self.cfg.optim).lr for t in self.prediction.times]
 
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         pred = self.prediction

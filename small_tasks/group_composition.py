@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs import Config, UserError, build_section
-from optim import param_groups as default_param_groups
+import optim
+from configs import Config, UserError
+from runtime import Context
 from small_tasks import agf, groups, plots, staircase
 from small_tasks.models import PowerMLP, build_model, neuron_param_groups
-from train import Context, Task
+from tasks import SmallTask
 
 LEVEL_TOL = 0.02  # plateaus must match the predicted levels within 2%
 
@@ -40,31 +41,12 @@ class GroupCompositionConfig:
     init_scale: float = 1e-5  # weights ~ init_scale * N(0, 1) / sqrt(fan_in)
 
 
-class SmallTask(Task):
-    """Shared by the full-batch small tasks: one cached batch and a per-step loss trace kept on the
-    device (no host sync per step), which the analysis reads at the end."""
-
-    def __init__(self, cfg: Config, ctx: Context):
-        super().__init__(cfg, ctx)
-        if cfg.train.grad_accum != 1 or ctx.world_size != 1:
-            raise UserError("small tasks train full-batch in one process; use --train.grad_accum=1 without torchrun")
-        steps = cfg.train.max_steps
-        self.trace = torch.full((steps,), float("nan"), device=ctx.device)
-
-    def record(self, micro_index: int, loss: torch.Tensor) -> None:
-        if micro_index < len(self.trace):
-            self.trace[micro_index] = loss.detach()
-
-    def trace_numpy(self) -> np.ndarray:
-        return self.trace.double().cpu().numpy()
-
-
 class GroupCompositionTask(SmallTask):
     config_class = GroupCompositionConfig
+    data_seed_key = "template_seed"
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
-        self.tc = build_section(self.config_class, cfg.task, "task")
         self.setup()
         seqs = groups.sequences(self.group, self.k)
         x = np.stack([groups.shift(self.group, self.template, seqs[:, j]) for j in range(self.k)], axis=1)
@@ -100,7 +82,7 @@ class GroupCompositionTask(SmallTask):
     def param_groups(self, model: nn.Module) -> list[dict]:
         if self.cfg.optim.name == "per_neuron":
             return neuron_param_groups(model)
-        return default_param_groups(model, self.cfg.optim)
+        return optim.param_groups(model, self.cfg.optim)
 
     def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
@@ -220,6 +202,7 @@ class ModularAdditionTask(GroupCompositionTask):
     """(a + b) mod p with the quadratic network f = ((x_a U^T + x_b V^T)^2) W and AGF's drop times."""
 
     config_class = ModularAdditionConfig
+    data_seed_key = "template_seed"
 
     def setup(self) -> None:
         tc = self.tc
@@ -242,8 +225,8 @@ class ModularAdditionTask(GroupCompositionTask):
         return PowerMLP(2 * p, tc.width, p, 2, tc.init_scale, in_fan=2 * p, out_fan=p)
 
     def drops(self) -> list[dict[str, float]]:
-        o = self.cfg.optim
-        momentum = o.momentum if o.name in ("sgdm", "per_neuron") else 0.0
+        o = optim.settings(self.cfg.optim)
+        momentum = getattr(o, "momentum", 0.0)
         return agf.modular_addition_drops(self.tc.p, self.amplitudes, self.tc.init_scale, o.lr, momentum)
 
     def predicted_drops(self) -> list[float] | None:

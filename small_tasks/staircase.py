@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from tasks import check
+
+__all__ = ["check", "drop_steps", "find_plateaus", "learn_steps", "loss_trace", "match_levels", "match_plateaus"]
+
 
 def loss_trace(trace: np.ndarray | None, history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(steps, loss): the per-step trace where this process recorded it (all of it unless resumed),
@@ -112,7 +116,3 @@ def learn_steps(steps: np.ndarray, residual: np.ndarray, target: np.ndarray, fra
         below = np.nonzero(residual[:, c] < frac * target[c])[0]
         out.append(float(steps[below[0]]) if len(below) else None)
     return out
-
-
-def check(passed: bool, expected: Any, observed: Any, **extra: Any) -> dict[str, Any]:
-    return {"passed": bool(passed), "expected": expected, "observed": observed, **extra}

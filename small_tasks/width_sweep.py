@@ -10,12 +10,12 @@ needed grows exponentially in k (a product of k linear forms is a sum of 2^(k-1)
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 
-from configs import load_config
-from train import Trainer
+from configs import CONFIG_DIR, ArgumentParser, command, load_config
+from trainer import Trainer
 
 
 def final_loss(group: str, model: str, k: int, width: int, seed: int, steps: int) -> tuple[float, float]:
@@ -32,19 +32,20 @@ def final_loss(group: str, model: str, k: int, width: int, seed: int, steps: int
         "--task.init_scale=1.0",
         "--optim.name=adamw",
         "--optim.lr=0.01",
-        "--optim.weight_decay=0",
+        "--optim.adamw.weight_decay=0",
         "--optim.schedule=cosine",
         f"--train.max_steps={steps}",
         "--train.log_interval=1000000",
         "--train.progress=false",
         "--eval.interval=0",
     ]
-    s = Trainer(load_config("configs/small_tasks/group_composition.toml", args)).run()
+    s = Trainer(load_config(CONFIG_DIR / "small_tasks/group_composition.toml", args)).run()
     return s["final_val_loss"], s["prediction"]["levels"][0]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+@command
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m small_tasks.width_sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--group", default="C5")
     ap.add_argument("--model", default="mlp", help="mlp | rnn | deep")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 3])
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--tol", type=float, default=1e-3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result = {}
     for k in args.ks:
         rows = []
@@ -65,7 +66,8 @@ def main() -> None:
         ok = [r["width"] for r in rows if r["best_rel_loss"] < args.tol]
         result[k] = {"min_width": min(ok) if ok else None, "rows": rows}
     print(json.dumps({str(k): v["min_width"] for k, v in result.items()}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs import UserError
+from configs import SymmetryConfig, UserError
 from data.tokenizer import byte_tokenizer
 from eval.alignment import analyse, enrichment, frequency_classes, key_cosines, query_directions
 from model import GPT, GPTConfig
@@ -16,7 +16,7 @@ TOKEN = ord("7")
 def model_with_aligned_token(mode: str = "bq") -> GPT:
     """Every layer's W_k maps LayerNorm(wte[TOKEN]) onto the bQ direction of each head; others stay generic."""
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=257, block_size=8, n_layer=2, n_head=2, n_embd=16, mode=mode)
+    cfg = GPTConfig(vocab_size=257, block_size=8, n_layer=2, n_head=2, n_embd=16, symmetry=SymmetryConfig(mode=mode))
     model = GPT(cfg).eval()
     C = cfg.n_embd
     dirs = query_directions(model, "bq" if mode != "symmetric" else "random")
@@ -60,7 +60,8 @@ def test_key_cosines_agree_with_the_models_own_layer0_keys():
 
 
 def test_symmetric_model_gets_a_seeded_random_direction():
-    cfg = GPTConfig(vocab_size=257, block_size=8, n_layer=2, n_head=2, n_embd=16, mode="symmetric")
+    symmetric = SymmetryConfig(mode="symmetric")
+    cfg = GPTConfig(vocab_size=257, block_size=8, n_layer=2, n_head=2, n_embd=16, symmetry=symmetric)
     model = GPT(cfg)
     with pytest.raises(UserError, match="--direction random"):
         query_directions(model, "bq")

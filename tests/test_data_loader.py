@@ -8,6 +8,7 @@ import pytest
 import train
 from data.loader import TokenStream
 from data.shards import write_shard
+from tasks.lm import LMTask
 
 B, T = 2, 8
 
@@ -85,14 +86,14 @@ def test_the_trainer_resumes_at_exactly_the_next_batch(tmp_path, monkeypatch):
     write_shard(data / "d_val_000000.bin", rng.integers(0, 257, 600), vocab_size=257)
     (data / "meta.json").write_text('{"tokenizer": "byte", "vocab_size": 257}')
     seen: list[tuple[int, int]] = []
-    original = train.LMTask.batch
+    original = LMTask.batch
 
     def recording(self, m):
         x, y = original(self, m)
         seen.append((m, int(x.sum())))
         return x, y
 
-    monkeypatch.setattr(train.LMTask, "batch", recording)
+    monkeypatch.setattr(LMTask, "batch", recording)
     common = [
         f"--run.dir={tmp_path}/runs",
         f"--data.path={data}",

@@ -222,7 +222,7 @@ def test_gpt2_without_ranks_says_how_to_provide_them(monkeypatch, tmp_path):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(UserError, match="GPT2_BPE_FILE=PATH") as e:
         get_tokenizer("gpt2")
-    assert "--bpe-file" in str(e.value)
+    assert "--bpe_file" in str(e.value)
     (tmp_path / "bad.tiktoken").write_text("not ranks\n")
     with pytest.raises(UserError, match="not a GPT-2 ranks file"):
         get_tokenizer("gpt2", tmp_path / "bad.tiktoken")
@@ -232,8 +232,8 @@ def test_cli_errors_are_one_line(tmp_path, corpus, capsys):
     docs, path = corpus
     cases = [
         ["--source", str(tmp_path / "missing.jsonl")],
-        ["--source", f"files:{path}", "--text-field", "body"],
-        ["--source", f"files:{path}", "--tokenizer", "byte", "--val-every", "1"],
+        ["--source", f"files:{path}", "--text_field", "body"],
+        ["--source", f"files:{path}", "--tokenizer", "byte", "--val_every", "1"],
     ]
     for args in cases:
         assert main([*args, "--out", str(tmp_path / "o"), "--overwrite"]) == 2

@@ -198,7 +198,7 @@ def test_loss_below_f0_raises_a_clear_error_before_moving_anything():
     x, y = data()
     opt = ECD(model.parameters(), lr=0.3, eta=4.0, f0=2.0)
     ((model(x) - y) ** 2).mean().backward()
-    with pytest.raises(LowLossError, match="optim.f0"):
+    with pytest.raises(LowLossError, match="optim.ecd.f0"):
         opt.step(loss=torch.tensor(1.5, dtype=torch.float64))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert issubclass(LowLossError, UserError)

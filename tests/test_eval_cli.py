@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import train
-from eval import alignment, logic, val
+from eval import alignment, hf, logic, val
 from eval.run import load_run
-from model import hf
 
 TINY = [
     "--model.n_layer=1",
@@ -47,7 +46,7 @@ def test_val_reproduces_the_trainers_validation_loss(run_dir, capsys):
     assert val.main([str(run_dir), "--tokens", "1024", "--json", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["val_loss"] == pytest.approx(summary["final_val_loss"], abs=1e-6) and out["tokens"] == 1024
-    again = val.validation_loss(load_run(run_dir), tokens=1024)
+    again = val.run_validation_loss(load_run(run_dir), tokens=1024)
     assert again["val_loss"] == out["val_loss"]  # deterministic
 
 
@@ -63,7 +62,7 @@ def test_logic_cli_writes_every_category_with_its_count(run_dir, tmp_path, capsy
     # the in-training summary used the same items (seed 0, n 3) and the same model
     summary = json.loads((run_dir / "summary.json").read_text())
     assert data["summary"]["logic_top5"] == pytest.approx(summary["logic_top5"])
-    assert logic.main([str(run_dir), "--n", "3", "--out", str(out), "--no-bias", "--device", "cpu"]) == 0
+    assert logic.main([str(run_dir), "--n", "3", "--out", str(out), "--no_bias", "--device", "cpu"]) == 0
     nobias = json.loads(out.read_text())
     assert nobias["meta"]["biases"] == "none"
     assert nobias["categories"]["copying"]["logprob"] != data["categories"]["copying"]["logprob"]

@@ -5,15 +5,18 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from checkpoints import load_checkpoint
+from configs import SymmetryConfig
+from eval.hf import main
 from model import GPT, GPTConfig
-from model.hf import export, from_gpt2, main
+from model.hf import export, from_gpt2
 
 V = 100  # not a multiple of 64: the padded rows must be dropped on export and added on import
 
 
 def tiny(mlp: str, mode: str, bias: bool = True) -> GPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, mlp=mlp, mode=mode, bias=bias)
+    sym = SymmetryConfig(mode=mode)
+    cfg = GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, mlp=mlp, symmetry=sym, bias=bias)
     model = GPT(cfg).eval()
     with torch.no_grad():  # move every parameter off its init (zero biases, unit norms) so each one matters
         for p in model.parameters():
@@ -47,7 +50,7 @@ def test_export_gives_our_logits(tmp_path, mlp, mode, bias, stock):
         theirs = hf(ids()).logits
     assert theirs.shape == ours.shape
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
-    assert model.config.mode == mode  # export folds a copy, not the caller's model
+    assert model.config.symmetry.mode == mode  # export folds a copy, not the caller's model
 
 
 def test_gelu_model_can_also_export_with_the_custom_code(tmp_path):
@@ -100,7 +103,10 @@ def test_import_cli_writes_a_loadable_run(tmp_path):
     assert state["config"]["symmetry"]["mode"] == "symmetric" and state["config"]["model"]["mlp"] == "gelu"
     m = state["config"]["model"]
     model = GPT(
-        GPTConfig(vocab_size=V, block_size=16, n_layer=m["n_layer"], n_head=2, n_embd=16, mlp="gelu", mode="symmetric")
+        GPTConfig(
+            vocab_size=V, block_size=16, n_layer=m["n_layer"], n_head=2, n_embd=16, mlp="gelu",
+            symmetry=SymmetryConfig(mode="symmetric"),
+        )
     )
     model.load_state_dict(state["model"])
     with torch.no_grad():

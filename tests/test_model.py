@@ -3,13 +3,15 @@
 import pytest
 import torch
 
+from configs import SymmetryConfig
 from model import GPT, GPTConfig, draw_biases
 from model.symmetry import BiasSpec
 
 
 def tiny(mode: str, **kw) -> GPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, mode=mode, **kw)
+    sym = SymmetryConfig(mode=mode, **kw)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, symmetry=sym)
     return GPT(cfg).double().eval()  # float64: invariances are checked far below float32 rounding
 
 
@@ -90,7 +92,7 @@ def test_mean_biases_fold_into_projection_bias(mode):
             block.attn.c_attn.bias.normal_()
     explicit = model(x, biases=model.mean_biases())[0]
     model.fold_mean_biases()
-    assert model.config.mode == "symmetric" and not model.mean_biases()
+    assert model.config.symmetry.mode == "symmetric" and not model.mean_biases()
     assert torch.allclose(model(x)[0], explicit, atol=1e-10)
 
 
@@ -104,7 +106,7 @@ def test_sdpa_matches_reference_attention(mode):
 
 
 def spec(**kw) -> BiasSpec:
-    return BiasSpec(mode="bqbv", n_layer=3, n_head=4, head_dim=8, **kw)
+    return BiasSpec(SymmetryConfig(mode="bqbv", **kw), n_layer=3, n_head=4, head_dim=8)
 
 
 def test_bias_draws_are_keyed_by_seed_micro_batch_and_layer():
@@ -117,7 +119,7 @@ def test_bias_draws_are_keyed_by_seed_micro_batch_and_layer():
         assert not torch.equal(a[k][0], a[k][1])  # layers differ
     assert a["q"].shape == (3, 1, 8)  # one vector shared by the heads of a layer
     assert draw_biases(spec(per_head=True), 1, 10)["q"].shape == (3, 4, 8)
-    assert draw_biases(BiasSpec("symmetric", 3, 4, 8), 1, 10) is None
+    assert draw_biases(BiasSpec(SymmetryConfig(mode="symmetric"), 3, 4, 8), 1, 10) is None
 
 
 def test_bias_draw_statistics_match_the_config():

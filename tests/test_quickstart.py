@@ -58,7 +58,7 @@ def test_a_run_dir_is_readable_without_its_data(tmp_path):
     from configs import DataConfig
     from data.dataset import resolve_folder
     from eval.run import load_run
-    from train import sample_text
+    from eval.sample import sample_text
 
     data = tmp_path / "data"
     shutil.copytree(resolve_folder(DataConfig()), data)

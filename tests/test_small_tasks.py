@@ -11,7 +11,7 @@ import torch
 from configs import UserError, load_config
 from optim.per_neuron import PerNeuronSGD
 from small_tasks.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_param_groups
-from train import NonFiniteLoss, Trainer
+from trainer import NonFiniteLoss, Trainer
 
 CFG = "configs/small_tasks/"
 

@@ -17,16 +17,16 @@ import torch.distributed as dist  # noqa: E402
 
 import train  # noqa: E402
 
+from helpers import Fault  # noqa: E402
+
 
 def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
     dist.init_process_group("gloo")  # shared by the scenarios: train.main leaves a caller's group alone
     codes = {}
     for name, scenario in plan.items():
-        os.environ.pop(train.FAULT_ENV, None)
-        if scenario.get("fault"):
-            os.environ[train.FAULT_ENV] = scenario["fault"]
-        codes[name] = train.main(scenario["argv"])
+        hooks = [Fault(scenario["fault"])] if scenario.get("fault") else []
+        codes[name] = train.main(scenario["argv"], hooks=hooks)
     Path(sys.argv[2], f"codes_rank{os.environ['RANK']}.json").write_text(json.dumps(codes))
     dist.destroy_process_group()
     train.exit_process(0)  # as train.py ends a distributed run, for the reason given there

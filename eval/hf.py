@@ -1,0 +1,98 @@
+"""Hugging Face export and import of runs.
+
+    python -m eval.hf export RUN_DIR OUT_DIR [--custom]   # safetensors, config, tokenizer (+ modelling code)
+    python -m eval.hf import SRC OUT_RUN                  # SRC: a local GPT-2 folder or a hub name
+
+(``python -m model.hf ...`` runs the same commands.) The conversions are in ``model/hf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from transformers import GPT2LMHeadModel
+
+from checkpoints import save_checkpoint
+from configs import ArgumentParser, UserError, command, from_dict, to_dict, to_toml
+from data.dataset import TOKENIZER_DIR
+from data.hf_tokenizer import to_hf
+from data.tokenizer import GPT2_VOCAB
+from eval.run import load_run
+from model.hf import export, from_gpt2
+
+
+def load_gpt2(src: str) -> Any:
+    """A ``GPT2LMHeadModel`` from a local folder, or from the hub when ``src`` is a name and we are online."""
+    try:
+        return GPT2LMHeadModel.from_pretrained(src)
+    except OSError as e:
+        raise UserError(f"cannot load GPT-2 weights from '{src}' ({e}); pass a local save_pretrained folder") from None
+
+
+def import_run(src: str, out_run: str | Path) -> Path:
+    """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools."""
+    out = Path(out_run)
+    if out.exists() and any(out.glob("ckpt_*.pt")):
+        raise UserError(f"'{out}' already holds a run; choose another OUT_RUN")
+    model = from_gpt2(load_gpt2(src))
+    c = model.config
+    cfg = from_dict(
+        {
+            "run": {"name": out.name, "dir": str(out.parent)},
+            "model": {
+                "n_layer": c.n_layer,
+                "n_head": c.n_head,
+                "n_embd": c.n_embd,
+                "block_size": c.block_size,
+                "vocab_size": c.vocab_size,
+                "mlp": "gelu",
+            },
+            "symmetry": {"mode": "symmetric"},
+            "data": {"tokenizer": "gpt2"},
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(to_dict(cfg)))
+    tok_dir = out / TOKENIZER_DIR  # the eval tools read a run's tokenizer from here
+    tok_dir.mkdir(exist_ok=True)
+    (tok_dir / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}) + "\n")
+    payload = {"model": model.state_dict(), "config": to_dict(cfg), "step": 0, "tokens": 0, "source": str(src)}
+    return save_checkpoint(out, 0, payload, keep=1)
+
+
+def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, custom: bool = False) -> str:
+    """Write the run's model and its tokenizer as a ``save_pretrained`` folder; the line to print."""
+    run = load_run(run_dir, "cpu", checkpoint)
+    kind = export(run.model, out_dir, run.tokenizer.eot, custom)
+    to_hf(run.tokenizer, run.model.config.block_size).save_pretrained(out_dir)
+    record = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
+    (Path(out_dir) / "symbreak.json").write_text(json.dumps(record))
+    how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
+    return f"exported {run.checkpoint} with its {run.tokenizer.name} tokenizer to {out_dir} ({how})"
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(description="Export a run to Hugging Face format, or import GPT-2 weights.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    e = sub.add_parser("export", help="write a save_pretrained folder for RUN_DIR")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+    e.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    e.add_argument("--custom", action="store_true", help="use the custom modelling code even for a GELU model")
+    i = sub.add_parser("import", help="make a run dir from stock GPT-2 weights")
+    i.add_argument("src", help="a local GPT-2 folder (save_pretrained), or a hub name such as gpt2 when online")
+    i.add_argument("out_run")
+    args = p.parse_args(argv)
+    if args.command == "export":
+        print(export_run(args.run_dir, args.out_dir, args.checkpoint, args.custom))
+    else:
+        print(f"imported {args.src} into {import_run(args.src, args.out_run)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

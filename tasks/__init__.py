@@ -1,0 +1,34 @@
+"""Kinds of experiment: the Task interface, its registry, and the language-model task.
+
+A task is registered here by name, as "module:Class", and imported only when a config names it, so a
+task's dependencies load only when it runs. ``task.name`` in a config picks one (default ``lm``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from configs import Config, UserError
+from runtime import Context
+from tasks.base import Task
+from tasks.small import SmallTask, check
+
+__all__ = ["Task", "SmallTask", "check", "TASKS", "task_class", "build_task"]
+
+TASKS: dict[str, str] = {
+    "lm": "tasks.lm:LMTask",
+    "group_composition": "small_tasks.group_composition:GroupCompositionTask",
+    "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
+    "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
+}
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; set task.name to one of: {', '.join(sorted(TASKS))}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_task(cfg: Config, ctx: Context) -> Task:
+    return task_class(cfg.task.get("name", "lm"))(cfg, ctx)

@@ -1,0 +1,72 @@
+"""Language-model pretraining as a Task: next-token prediction on token shards with the GPT."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from configs import Config, UserError
+from data.dataset import TOKENIZER_DIR, open_dataset
+from eval.logic import run_suite
+from eval.sample import sample_text
+from eval.val import validation_loss
+from model import GPT, draw_biases
+from runtime import Context, to_device
+from tasks.base import Task
+
+
+class LMTask(Task):
+    """Next-token prediction on token shards with the symmetry-broken GPT."""
+
+    def __init__(self, cfg: Config, ctx: Context):
+        super().__init__(cfg, ctx)
+        if set(cfg.task) - {"name"}:
+            extra = sorted(set(cfg.task) - {"name"})[0]
+            raise UserError(f"unknown config key 'task.{extra}' for the lm task; remove it")
+        self.data = open_dataset(cfg.data, ctx)
+        self.tokenizer = self.data.tokenizer
+        if ctx.is_main:  # so that evaluation tools can read the run without its data
+            self.data.save_tokenizer(ctx.run_dir / TOKENIZER_DIR)
+        m = cfg.model
+        self.block_size = m.block_size
+        self.train = self.data.stream("train", cfg.train.batch_size, m.block_size, cfg.run.seed)
+        eval_bs = cfg.eval.batch_size or cfg.train.batch_size
+        self.val = self.data.stream("val", eval_bs, m.block_size, cfg.run.seed, shuffle=False)
+
+    def build_model(self) -> nn.Module:
+        self.model = GPT.from_config(self.cfg, self.tokenizer.vocab_size)
+        return self.model
+
+    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.train.batch(micro_index)
+        return to_device(x, self.ctx.device), to_device(y, self.ctx.device)
+
+    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
+        biases = draw_biases(self.model.bias_spec, self.cfg.run.seed, micro_index, self.ctx.device)
+        x, y = batch
+        return model(x, y, biases)[1]
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.cfg.train.batch_size * self.block_size
+
+    def flops_per_token(self, model: nn.Module) -> float | None:
+        return self.model.flops_per_token()
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss over the first ``eval.tokens`` of the validation split, shared across ranks."""
+        out = {"val_loss": validation_loss(model, self.val, self.cfg.eval.tokens, self.ctx)}
+        if self.cfg.eval.logic:
+            out.update(run_suite(model, self.tokenizer, n=self.cfg.eval.logic_n, device=self.ctx.device))
+        return out
+
+    def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
+        e = self.cfg.eval
+        if not e.sample_tokens:
+            return {}
+        text = sample_text(
+            model, self.tokenizer, e.sample_prompt, e.sample_tokens, seed=self.cfg.run.seed, device=self.ctx.device
+        )
+        return {"sample": text}

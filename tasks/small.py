@@ -1,0 +1,45 @@
+"""The base of the small full-batch theory experiments, and the form of their checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from configs import Config, UserError, build_section
+from runtime import Context
+from tasks.base import Task
+
+
+def check(passed: bool, expected: Any, observed: Any, **extra: Any) -> dict[str, Any]:
+    """One entry of ``summary["checks"]``: did the run do what the theory predicts?"""
+    return {"passed": bool(passed), "expected": expected, "observed": observed, **extra}
+
+
+class SmallTask(Task):
+    """A toy experiment trained full-batch in one process.
+
+    ``config_class`` is the dataclass of its ``[task]`` section (parsed into ``self.tc``, so an unknown
+    key or a wrong type is a one-line error); ``data_seed_key`` names the key of it that seeds the data
+    instance (template, teacher, dataset), which ``small_tasks.verify`` varies. The per-step loss is kept
+    on the device (``record``), so no step waits for the host; the analysis reads it at the end.
+    """
+
+    config_class: type | None = None
+    data_seed_key: str | None = None
+
+    def __init__(self, cfg: Config, ctx: Context):
+        super().__init__(cfg, ctx)
+        if cfg.train.grad_accum != 1 or ctx.world_size != 1:
+            raise UserError("small tasks train full-batch in one process; use --train.grad_accum=1 without torchrun")
+        if self.config_class is not None:
+            self.tc = build_section(self.config_class, cfg.task, "task")
+        self.trace = torch.full((cfg.train.max_steps,), float("nan"), device=ctx.device)
+
+    def record(self, micro_index: int, loss: torch.Tensor) -> None:
+        if micro_index < len(self.trace):
+            self.trace[micro_index] = loss.detach()
+
+    def trace_numpy(self) -> np.ndarray:
+        return self.trace.double().cpu().numpy()
