@@ -43,46 +43,52 @@ def frequency(lr: float, kappa: float, momentum: float) -> float:
     return float(np.sqrt(2.0 * kappa / (lr * (1.0 + momentum))))
 
 
-def second_order(q0: np.ndarray, n_steps: int, lr: float, kappa: float, momentum: float, drive=None) -> np.ndarray:
-    """q_0..q_n of q_{n+1} = (1 + momentum - lr kappa) q_n - momentum q_{n-1} + drive_n, q_{-1} = q_0.
+def second_order(q0: np.ndarray, lrs: np.ndarray, kappa: float, momentum: float, drive=None) -> np.ndarray:
+    """q_0..q_n of q_{n+1} = q_n + momentum rho_n (q_n - q_{n-1}) - lr_n kappa q_n + drive_n, q_{-1} = q_0,
+    rho_n = lr_n / lr_{n-1} (1 for a constant lr; a schedule rescales what the buffer carries over).
 
-    ``q0`` may be an array (a vector or matrix charge); ``drive`` is None or shape (n_steps, *q0.shape).
+    ``lrs``: the learning rate of each of the n steps; ``q0`` may be an array (a vector or matrix
+    charge); ``drive`` is None or (n, *q0.shape).
     """
     q0 = np.asarray(q0, dtype=np.float64)
-    out = np.empty((n_steps + 1, *q0.shape))
+    lrs = np.asarray(lrs, dtype=np.float64)
+    out = np.empty((len(lrs) + 1, *q0.shape))
     out[0] = q0
     prev, cur = q0, q0
-    a = 1.0 + momentum - lr * kappa
-    for n in range(n_steps):
-        nxt = a * cur - momentum * prev
+    for i, lr in enumerate(lrs):
+        rho = lr / lrs[i - 1] if i > 0 else 1.0
+        nxt = cur + momentum * rho * (cur - prev) - lr * kappa * cur
         if drive is not None:
-            nxt = nxt + drive[n]
-        out[n + 1] = nxt
+            nxt = nxt + drive[i]
+        out[i + 1] = nxt
         prev, cur = cur, nxt
     return out
 
 
-def linear_charge(s0: np.ndarray, n_steps: int, lr: float, wd: float, momentum: float) -> np.ndarray:
-    """The translation law: S_0..S_n (exact for the update above)."""
-    return second_order(s0, n_steps, lr, wd, momentum)
+def linear_charge(s0: np.ndarray, lrs: np.ndarray, wd: float, momentum: float) -> np.ndarray:
+    """The translation law: S_0..S_n (exact for the update above, for any schedule)."""
+    return second_order(s0, lrs, wd, momentum)
 
 
-def quadratic_charge(q0: np.ndarray, kinetic: np.ndarray, lr: float, wd: float, momentum: float) -> np.ndarray:
-    """The scale / rescale law: Q_0..Q_n from the signed squared steps K_0..K_{n-1} (exact)."""
+def quadratic_charge(q0: np.ndarray, kinetic: np.ndarray, lrs: np.ndarray, wd: float, momentum: float) -> np.ndarray:
+    """The scale / rescale law: Q_0..Q_n from the signed squared steps K_0..K_{n-1} (exact, any schedule)."""
     kinetic = np.asarray(kinetic, dtype=np.float64)
+    lrs = np.asarray(lrs, dtype=np.float64)
+    carry = np.zeros(len(lrs))
+    carry[1:] = momentum * lrs[1:] / lrs[:-1]
     drive = kinetic.copy()
-    drive[1:] += momentum * kinetic[:-1]
-    return second_order(q0, len(kinetic), lr, 2.0 * wd, momentum, drive)
+    drive[1:] += carry[1:].reshape(-1, *([1] * (kinetic.ndim - 1))) * kinetic[:-1]
+    return second_order(q0, lrs, 2.0 * wd, momentum, drive)
 
 
-def quadratic_charge_sgd(q0: np.ndarray, grad_sq: np.ndarray, lr: float, wd: float) -> np.ndarray:
-    """Plain SGD's gradient form: Q_n = (1 - lr wd)^{2n} Q_0 + lr^2 sum_k (1 - lr wd)^{2(n-1-k)} G_k."""
+def quadratic_charge_sgd(q0: np.ndarray, grad_sq: np.ndarray, lrs: np.ndarray, wd: float) -> np.ndarray:
+    """Plain SGD's gradient form: Q_{n+1} = (1 - lr_n wd)^2 Q_n + lr_n^2 G_n, i.e. for a constant lr
+    Q_n = (1 - lr wd)^{2n} Q_0 + lr^2 sum_k (1 - lr wd)^{2(n-1-k)} G_k."""
     grad_sq = np.asarray(grad_sq, dtype=np.float64)
     out = np.empty((len(grad_sq) + 1, *np.shape(q0)))
     out[0] = q0
-    decay = (1.0 - lr * wd) ** 2
     for n, g in enumerate(grad_sq):
-        out[n + 1] = decay * out[n] + lr * lr * g
+        out[n + 1] = (1.0 - lrs[n] * wd) ** 2 * out[n] + lrs[n] ** 2 * g
     return out
 
 

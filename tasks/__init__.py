@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "group_composition": "small_tasks.group_composition:GroupCompositionTask",
     "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
     "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
+    "conservation_laws": "small_tasks.conservation_laws:ConservationLawsTask",
 }
 
 

@@ -11,8 +11,18 @@ from small_tasks.conservation_laws import SymmetricNet, linear_charges, quadrati
 EXACT = 1e-10  # float64 round-off accumulated over a few hundred steps
 
 
-def train_loop(lr, wd, momentum, steps=300, batch=16, seed=0):
-    """torch.optim.SGD on random mini-batches; the charges after every step, the squared steps and gradients."""
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The plain loops are many tiny ops: on a shared machine, one thread is 50x faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_loop(lr, wd, momentum, steps=300, batch=16, seed=0, lrs=None):
+    """torch.optim.SGD on random mini-batches (at ``lrs[n]`` for step n, if given); the charges after
+    every step, the squared steps and the gradients' squares."""
     gen = torch.Generator().manual_seed(seed)
     model = SymmetricNet(6, 8, 10, 4, gen)
     x = torch.randn(128, 6, generator=gen, dtype=torch.float64)
@@ -25,7 +35,9 @@ def train_loop(lr, wd, momentum, steps=300, batch=16, seed=0):
         return {k: v.detach().clone() for k, v in {**lin, **quad}.items()}
 
     trace, kinetic, grads = [snapshot()], [], []
-    for _ in range(steps):
+    for n in range(steps):
+        if lrs is not None:
+            opt.param_groups[0]["lr"] = lrs[n]
         idx = torch.randint(0, 128, (batch,), generator=gen)
         opt.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
@@ -53,13 +65,27 @@ def test_laws_are_exact_for_torch_sgd(momentum):
     trace, kinetic, _ = train_loop(lr, wd, momentum)
     n = len(kinetic["scale"])
     for key in ("translation_weight", "translation_bias"):
-        pred = noether.linear_charge(trace[key][0], n, lr, wd, momentum)
+        pred = noether.linear_charge(trace[key][0], np.full(n, lr), wd, momentum)
         assert noether.relative_error(trace[key], pred, np.abs(trace[key]).max()) < EXACT
     for key in ("scale", "rescale"):
-        pred = noether.quadratic_charge(trace[key][0], kinetic[key], lr, wd, momentum)
+        pred = noether.quadratic_charge(trace[key][0], kinetic[key], np.full(n, lr), wd, momentum)
         assert noether.relative_error(trace[key], pred, np.abs(trace[key]).max()) < EXACT
     # the charges really move: the laws are not trivially satisfied by constants
     assert np.ptp(trace["scale"]) > 0.05 * trace["scale"][0]
+
+
+def test_laws_hold_under_a_learning_rate_schedule():
+    """A warmup then cosine decay: the laws with each step's lr (the buffer's carry-over rescaled by
+    lr_n / lr_{n-1}) stay exact."""
+    steps = 200
+    lrs = 0.1 * np.minimum((np.arange(steps) + 1) / 20, 0.5 * (1 + np.cos(np.pi * np.arange(steps) / steps)))
+    trace, kinetic, _ = train_loop(0.1, 0.05, 0.9, steps=steps, lrs=lrs)
+    pred = noether.linear_charge(trace["translation_weight"][0], lrs, 0.05, 0.9)
+    assert noether.relative_error(trace["translation_weight"], pred, np.abs(trace["translation_weight"]).max()) < EXACT
+    pred = noether.quadratic_charge(trace["rescale"][0], kinetic["rescale"], lrs, 0.05, 0.9)
+    assert noether.relative_error(trace["rescale"], pred, np.abs(trace["rescale"]).max()) < EXACT
+    constant = noether.quadratic_charge(trace["rescale"][0], kinetic["rescale"], np.full(steps, 0.1), 0.05, 0.9)
+    assert noether.relative_error(trace["rescale"], constant, np.abs(trace["rescale"]).max()) > 1e-3
 
 
 def test_plain_sgd_gradient_form_and_its_closed_form_translation():
@@ -67,7 +93,7 @@ def test_plain_sgd_gradient_form_and_its_closed_form_translation():
     trace, _, grads = train_loop(lr, wd, 0.0)
     n = len(grads["scale"])
     for key in ("scale", "rescale"):
-        pred = noether.quadratic_charge_sgd(trace[key][0], grads[key], lr, wd)
+        pred = noether.quadratic_charge_sgd(trace[key][0], grads[key], np.full(n, lr), wd)
         assert noether.relative_error(trace[key], pred, np.abs(trace[key]).max()) < EXACT
     closed = trace["translation_bias"][0] * (1 - lr * wd) ** np.arange(n + 1)
     assert noether.relative_error(trace["translation_bias"], closed) < EXACT
@@ -78,11 +104,11 @@ def test_momentum_law_rejects_plain_sgd_and_vice_versa():
     plain, plain_k, _ = train_loop(lr, wd, 0.0)
     heavy, heavy_k, _ = train_loop(lr, wd, 0.9)
     n = len(plain_k["scale"])
-    wrong = noether.linear_charge(plain["translation_bias"][0], n, lr, wd, 0.9)
+    wrong = noether.linear_charge(plain["translation_bias"][0], np.full(n, lr), wd, 0.9)
     assert noether.relative_error(plain["translation_bias"], wrong) > 1e-2
-    wrong = noether.quadratic_charge(plain["scale"][0], plain_k["scale"], lr, wd, 0.9)
+    wrong = noether.quadratic_charge(plain["scale"][0], plain_k["scale"], np.full(n, lr), wd, 0.9)
     assert noether.relative_error(plain["scale"], wrong) > 1e-2
-    wrong = noether.quadratic_charge(heavy["rescale"][0], heavy_k["rescale"], lr, wd, 0.0)
+    wrong = noether.quadratic_charge(heavy["rescale"][0], heavy_k["rescale"], np.full(n, lr), wd, 0.0)
     assert noether.relative_error(heavy["rescale"], wrong, np.abs(heavy["rescale"]).max()) > 1e-2
 
 
@@ -91,11 +117,11 @@ def test_continuous_oscillator_tracks_the_discrete_law():
     matches the exact recursion to O(lr) relative; a wrong momentum does not."""
     lr, wd = 0.1, 0.5
     for momentum in (0.9, 0.0):
-        exact = noether.linear_charge(1.0, 400, lr, wd, momentum)
+        exact = noether.linear_charge(1.0, np.full(400, lr), wd, momentum)
         cont = noether.linear_charge_continuous(1.0, 400, lr, wd, momentum)
         assert noether.relative_error(cont, exact, 1.0) < 0.01
     assert noether.frequency(lr, wd, 0.9) > noether.damping(lr, 0.9)  # oscillates
-    exact = noether.linear_charge(1.0, 400, lr, wd, 0.9)
+    exact = noether.linear_charge(1.0, np.full(400, lr), wd, 0.9)
     assert np.sum(np.diff(np.sign(exact)) != 0) >= 4
     wrong = noether.linear_charge_continuous(1.0, 400, lr, wd, 0.0)
     assert noether.relative_error(wrong, exact, 1.0) > 0.2
@@ -107,11 +133,114 @@ def test_continuous_scale_law_on_a_run():
         trace, kinetic, _ = train_loop(lr, wd, momentum, steps=400)
         cont = noether.quadratic_charge_continuous(trace["scale"][0], kinetic["scale"], lr, wd, momentum)
         err = noether.relative_error(trace["scale"], cont, np.abs(trace["scale"]).max())
-        print(momentum, err)
         assert err < 0.02
 
 
 def test_second_order_with_constant_drive_has_its_fixed_point():
     """q* = drive / (lr kappa): a check of the recursion's coefficients independent of any run."""
-    q = noether.second_order(0.0, 5000, 0.1, 0.2, 0.9, np.full(5000, 0.01))
+    q = noether.second_order(0.0, np.full(5000, 0.1), 0.2, 0.9, np.full(5000, 0.01))
     assert q[-1] == pytest.approx(0.01 / (0.1 * 0.2), rel=1e-9)
+
+
+# ---- the Task, through the trainer ----
+
+from configs import load_config  # noqa: E402
+from small_tasks.conservation_laws import law_checks  # noqa: E402
+from small_tasks.records import SGDSettings  # noqa: E402
+from trainer import Trainer  # noqa: E402
+
+EXACT_CHECKS = ["translation_law", "scale_law", "rescale_law"]
+OSCILLATOR_CHECKS = ["translation_oscillator", "scale_oscillator", "rescale_oscillator"]
+
+
+def run_task(tmp_path, *overrides, name="t"):
+    args = [f"--run.dir={tmp_path}", f"--run.name={name}", "--train.progress=false", "--run.threads=1", *overrides]
+    trainer = Trainer(load_config("configs/small_tasks/conservation_laws.toml", args))
+    return trainer.run(), trainer
+
+
+def failed(summary):
+    return sorted(k for k, v in summary["checks"].items() if not v["passed"])
+
+
+def test_reference_run_passes_every_law_and_plots_them(tmp_path):
+    s, _ = run_task(tmp_path, "--train.max_steps=300")
+    assert failed(s) == []
+    assert set(EXACT_CHECKS + OSCILLATOR_CHECKS) <= set(s["checks"])
+    assert {"scale_law_gradient_form", "rescale_law_gradient_form"} <= set(s["checks"])
+    for plot in ("translation", "scale", "rescale", "effective_lr"):
+        assert (tmp_path / "t" / f"{plot}.png").stat().st_size > 0
+
+
+def test_momentum_run_oscillates_and_passes(tmp_path):
+    s, trainer = run_task(
+        tmp_path, "--train.max_steps=300", "--optim.sgdm.momentum=0.9", "--optim.sgdm.weight_decay=0.5", "--optim.lr=.2"
+    )
+    assert failed(s) == []
+    assert "scale_law_gradient_form" not in s["checks"]  # plain SGD's form only
+    bias = trainer.task.records(300)["translation_bias"]
+    assert np.sum(np.diff(np.sign(bias)) != 0) >= 4  # underdamped: omega > gamma
+
+
+def test_laws_reject_runs_they_were_not_derived_for(tmp_path):
+    """The momentum law against a plain-SGD run, the plain law against a momentum run, and a wrong
+    weight decay: each exact law fails (a constant learning rate, so the oscillators are checked too)."""
+    plain, t_plain = run_task(tmp_path, "--train.max_steps=200", name="plain")
+    heavy, t_heavy = run_task(tmp_path, "--train.max_steps=200", "--optim.sgdm.momentum=0.9", name="heavy")
+    rec_plain, rec_heavy = t_plain.task.records(200), t_heavy.task.records(200)
+    lrs = np.full(200, 0.05)
+    wd = t_plain.task.wd
+    wrong = law_checks(rec_plain, SGDSettings(lrs, 0.9), wd)["checks"]
+    assert not any(wrong[k]["passed"] for k in EXACT_CHECKS + OSCILLATOR_CHECKS)
+    wrong = law_checks(rec_heavy, SGDSettings(lrs, 0.0), wd)["checks"]
+    assert not any(wrong[k]["passed"] for k in EXACT_CHECKS)
+    wrong = law_checks(rec_plain, SGDSettings(lrs, 0.0), {k: 2 * v for k, v in wd.items()})["checks"]
+    assert not any(wrong[k]["passed"] for k in EXACT_CHECKS)
+    right = law_checks(rec_heavy, SGDSettings(lrs, 0.9), wd)["checks"]
+    assert all(right[k]["passed"] for k in EXACT_CHECKS + OSCILLATOR_CHECKS)
+
+
+def test_outside_the_assumptions_checks_fail_with_a_reason(tmp_path):
+    s, _ = run_task(
+        tmp_path, "--train.max_steps=200", "--optim.sgdm.momentum=0.9", "--optim.sgdm.nesterov=true", name="nesterov"
+    )
+    assert set(EXACT_CHECKS) <= set(failed(s))
+    assert "heavy-ball" in " ".join(s["checks"]["scale_law"]["notes"])
+    # lr * omega ~ 0.9: far outside the continuous approximation, while the exact laws still hold
+    s, _ = run_task(
+        tmp_path,
+        "--train.max_steps=200",
+        "--optim.sgdm.momentum=0.9",
+        "--optim.sgdm.weight_decay=3",
+        "--optim.lr=0.3",
+        name="stiff",
+    )
+    assert not set(EXACT_CHECKS) & set(failed(s)) and "scale_oscillator" in failed(s)
+
+
+def test_schedule_and_full_batch_keep_the_exact_laws(tmp_path):
+    s, _ = run_task(
+        tmp_path,
+        "--train.max_steps=200",
+        "--optim.schedule=cosine",
+        "--optim.warmup_steps=20",
+        "--optim.sgdm.momentum=0.5",
+        "--optim.decay=matrices",
+        "--task.batch_size=0",
+    )
+    assert failed(s) == [] and not set(OSCILLATOR_CHECKS) & set(s["checks"])  # no oscillator for a schedule
+
+
+def test_without_weight_decay_the_effective_lr_falls(tmp_path):
+    s, _ = run_task(tmp_path, "--train.max_steps=300", "--optim.sgdm.weight_decay=0", "--optim.lr=0.5")
+    assert failed(s) == []
+    assert s["checks"]["effective_lr_falls"]["observed"]["effective_lr_ratio_end_to_start"] < 0.8
+
+
+def test_resumed_run_keeps_the_whole_record(tmp_path):
+    common = ["--optim.sgdm.momentum=0.9", "--train.checkpoint_interval=100"]
+    whole, _ = run_task(tmp_path, "--train.max_steps=200", *common, name="whole")
+    run_task(tmp_path, "--train.max_steps=100", *common, name="split")
+    resumed, _ = run_task(tmp_path, "--train.max_steps=200", "--run.resume=true", *common, name="split")
+    assert failed(resumed) == []
+    assert resumed["observed"] == whole["observed"]
