@@ -145,16 +145,17 @@ def neuron_gain(x: np.ndarray, y: np.ndarray, zeta: float) -> tuple[float, float
     return float(np.dot(x, y) / m), float(zeta * math.sqrt(np.dot(x, x) / m))
 
 
-def neuron_lyapunov(lr: float, a: float, b: float) -> float:
-    """The larger of the exponents of u+ = w1 + w2 (gain +lr c) and u- = w1 - w2 (gain -lr c)."""
-    return max(lyapunov(lr * a, lr * b), lyapunov(-lr * a, lr * b))
+def neuron_lyapunov(lr: float, a: float, b: float, wd: float = 0.0) -> float:
+    """The larger of the exponents of u+ = w1 + w2 (gain lr (c - wd)) and u- = w1 - w2 (gain lr (-c - wd));
+    coupled weight decay wd adds -lr wd to both gains."""
+    return max(lyapunov(lr * (a - wd), lr * b), lyapunov(-lr * (a + wd), lr * b))
 
 
-def neuron_threshold_lr(a: float, b: float, hi: float = 100.0) -> float:
+def neuron_threshold_lr(a: float, b: float, wd: float = 0.0, hi: float = 100.0) -> float:
     """The smallest learning rate at which the origin attracts (exponent crosses zero from above)."""
-    return first_root(lambda lr: neuron_lyapunov(lr, a, b), np.geomspace(1e-4, hi, 400))
+    return first_root(lambda lr: neuron_lyapunov(lr, a, b, wd), np.geomspace(1e-4, hi, 400))
 
 
-def neuron_threshold_zeta(lr: float, x: np.ndarray, y: np.ndarray, hi: float = 100.0) -> float:
+def neuron_threshold_zeta(lr: float, x: np.ndarray, y: np.ndarray, wd: float = 0.0, hi: float = 100.0) -> float:
     """The label-noise level zeta above which the origin attracts at learning rate ``lr``."""
-    return first_root(lambda z: neuron_lyapunov(lr, *neuron_gain(x, y, z)), np.geomspace(1e-3, hi, 300))
+    return first_root(lambda z: neuron_lyapunov(lr, *neuron_gain(x, y, z), wd), np.geomspace(1e-3, hi, 300))

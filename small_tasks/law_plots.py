@@ -1,4 +1,6 @@
-"""Plots for the SGD-law tasks: the recorded quantity, the theory on the same axes, and the residual."""
+"""Plots for the SGD-law tasks: the recorded quantity, the theory on the same axes, and the residual.
+
+Importing ``plt`` from here gives the non-interactive backend that run dirs need."""
 
 from __future__ import annotations
 

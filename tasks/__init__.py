@@ -21,6 +21,8 @@ TASKS: dict[str, str] = {
     "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
     "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
     "conservation_laws": "small_tasks.conservation_laws:ConservationLawsTask",
+    "stochastic_collapse": "small_tasks.stochastic_collapse:StochasticCollapseTask",
+    "stochastic_collapse_neuron": "small_tasks.stochastic_collapse:NeuronCollapseTask",
 }
 
 

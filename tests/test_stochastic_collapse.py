@@ -92,3 +92,78 @@ def test_neuron_threshold_and_its_small_lr_expansion():
     zeta = collapse.neuron_threshold_zeta(0.1, x, y)
     a, b = collapse.neuron_gain(x, y, zeta)
     assert collapse.neuron_lyapunov(0.1, a, b) == pytest.approx(0.0, abs=1e-8)
+
+
+# ---- the Tasks, through the trainer ----
+
+from configs import load_config  # noqa: E402
+from small_tasks.stochastic_collapse import sweep_check  # noqa: E402
+from trainer import Trainer  # noqa: E402
+
+# lr 0.02 reaches in 2000 steps what the reference (lr 0.01) does in 4000; |theta| < 1e-6 counts as
+# collapsed (at zeta 1.4 the stationary mass there is 5e-4), so that zeta = 2 gets there in time
+QUARTIC_FAST = [
+    "--optim.lr=0.02",
+    "--task.replicas=300",
+    "--train.max_steps=2000",
+    "--task.sweep=[1.0,1.4,2.0,2.5]",
+    "--task.collapse_eps=1e-6",
+]
+NEURON_FAST = [
+    "--task.replicas=100",
+    "--train.max_steps=1500",
+    "--task.sweep=[3.0,6.0]",
+    "--task.lr_sweep=[0.035,0.13]",
+]
+
+
+def run_task(tmp_path, config, *overrides, name="t"):
+    args = [f"--run.dir={tmp_path}", f"--run.name={name}", "--train.progress=false", "--run.threads=1", *overrides]
+    return Trainer(load_config(f"configs/small_tasks/{config}", args)).run()
+
+
+def test_quartic_sweep_switches_at_the_threshold_and_fits_the_density(tmp_path):
+    s = run_task(tmp_path, "stochastic_collapse.toml", *QUARTIC_FAST)
+    assert s["checks"]["collapse_threshold"]["passed"], s["checks"]["collapse_threshold"]
+    assert s["checks"]["stationary_density"]["passed"], s["checks"]["stationary_density"]
+    assert s["prediction"]["threshold"] == pytest.approx(collapse.quartic_threshold(0.02, 1.5))
+    assert (tmp_path / "t" / "collapse.png").stat().st_size > 0
+
+
+def test_quartic_held_out_noise_above_the_threshold_collapses(tmp_path):
+    s = run_task(tmp_path, "stochastic_collapse.toml", *QUARTIC_FAST, "--task.zeta=2.2", "--task.sweep=[1.2,2.2]")
+    assert "stationary_density" not in s["checks"]
+    assert s["checks"]["collapses_at_zeta"]["passed"] and s["checks"]["collapse_threshold"]["passed"]
+
+
+def test_quartic_checks_fail_on_runs_that_should_fail(tmp_path):
+    # too short: nothing has collapsed yet, and the ensemble still sits near its start
+    s = run_task(tmp_path, "stochastic_collapse.toml", *QUARTIC_FAST, "--train.max_steps=20", name="short")
+    assert not s["checks"]["collapse_threshold"]["passed"] and not s["checks"]["stationary_density"]["passed"]
+    # a sweep on one side of the threshold cannot show the switch
+    s = run_task(tmp_path, "stochastic_collapse.toml", *QUARTIC_FAST, "--task.sweep=[1.0,1.4]", name="one_side")
+    assert not s["checks"]["collapse_threshold"]["passed"]
+    assert s["checks"]["collapse_threshold"]["brackets_threshold"] is False
+    # momentum accumulates the noise: the plain-SGD exponents no longer describe the run
+    s = run_task(tmp_path, "stochastic_collapse.toml", *QUARTIC_FAST, "--optim.sgdm.momentum=0.5", name="momentum")
+    assert not all(c["passed"] for c in s["checks"].values()) and s["checks"]["collapse_threshold"]["notes"]
+
+
+def test_sweep_check_rejects_the_wrong_side_and_unclear_fractions():
+    exponents = [0.02, 0.01, -0.01, -0.03]
+    assert sweep_check([1, 2, 3, 4], np.array([0.0, 0.01, 0.99, 1.0]), exponents, 2000)["passed"]
+    flipped = [-e for e in exponents]  # a threshold on the wrong side of the sweep
+    assert not sweep_check([1, 2, 3, 4], np.array([0.0, 0.01, 0.99, 1.0]), flipped, 2000)["passed"]
+    # 0.45 is on the right side but within 3 standard errors of 1/2 for 400 replicas
+    assert not sweep_check([1, 2, 3, 4], np.array([0.0, 0.45, 0.99, 1.0]), exponents, 400)["passed"]
+
+
+def test_neuron_dies_above_the_predicted_noise_and_learning_rate(tmp_path):
+    s = run_task(tmp_path, "stochastic_collapse_neuron.toml", *NEURON_FAST)
+    assert s["checks"]["collapse_threshold_zeta"]["passed"] and s["checks"]["collapse_threshold_lr"]["passed"]
+    assert s["prediction"]["threshold_lr_at_zeta"] == pytest.approx(0.0719, abs=1e-3)
+    # too little noise for the dead neuron to ever attract: the whole lr sweep survives, and the check says
+    # it cannot show a switch
+    s = run_task(tmp_path, "stochastic_collapse_neuron.toml", *NEURON_FAST, "--task.zeta=1.0", name="quiet")
+    assert s["prediction"]["threshold_lr_at_zeta"] is None
+    assert not s["checks"]["collapse_threshold_lr"]["passed"]
