@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "conservation_laws": "small_tasks.conservation_laws:ConservationLawsTask",
     "stochastic_collapse": "small_tasks.stochastic_collapse:StochasticCollapseTask",
     "stochastic_collapse_neuron": "small_tasks.stochastic_collapse:NeuronCollapseTask",
+    "limiting_dynamics": "small_tasks.limiting_dynamics:LimitingDynamicsTask",
 }
 
 

@@ -11,13 +11,7 @@ from small_tasks.conservation_laws import SymmetricNet, linear_charges, quadrati
 EXACT = 1e-10  # float64 round-off accumulated over a few hundred steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The plain loops are many tiny ops: on a shared machine, one thread is 50x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is far faster
 
 
 def train_loop(lr, wd, momentum, steps=300, batch=16, seed=0, lrs=None):

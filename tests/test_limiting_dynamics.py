@@ -3,7 +3,6 @@ simulation of torch SGD's update on online Gaussian regression."""
 
 import numpy as np
 import pytest
-import torch
 
 from small_tasks import sgd_diffusion as sd
 
@@ -14,13 +13,7 @@ CASES = [  # lr, wd, momentum, batch, sigma
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: on a shared machine one thread is far faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is far faster
 
 
 def simulate(h, theta_star, lr, wd, momentum, batch, sigma, replicas, steps, seed=0, lags=()):
@@ -48,9 +41,10 @@ def test_stationary_solver_is_the_fixed_point_of_the_moment_recursion(lr, wd, mo
     h = np.geomspace(1.0, 1e-2, 6)
     theta_star = np.random.default_rng(0).standard_normal(6)
     stat = sd.stationary(h, theta_star, lr, wd, momentum, batch, sigma)
-    means, seconds = sd.moments(h, theta_star, np.zeros(6), lr, wd, momentum, batch, sigma, 12000)
-    assert np.abs(seconds[-1] - stat.z).max() < 1e-12 * np.abs(stat.z).max()
-    assert np.abs(means[-1]).max() < 1e-12
+    mom = sd.moments(h, theta_star, np.zeros(6), lr, wd, momentum, batch, sigma, 12000)
+    assert np.abs(mom.last - stat.z).max() < 1e-12 * np.abs(stat.z).max()
+    assert np.abs(mom.means[-1]).max() < 1e-12
+    np.testing.assert_allclose(mom.blocks[-1], np.einsum("iiab->iab", stat.z), rtol=1e-12)
     # momentum 0: the delta block is the plain discrete Lyapunov equation with Sigma at stationarity
     if momentum == 0.0:
         k = h + wd
@@ -122,3 +116,97 @@ def test_mean_is_the_damped_oscillator():
 def test_unstable_learning_rate_has_no_stationary_state():
     with pytest.raises(ValueError, match="no stationary distribution"):
         sd.stationary(np.array([1.0, 0.1]), np.zeros(2), 1.9, 0.0, 0.0, 1, 1.0)
+
+
+# ---- the Task, through the trainer ----
+
+import signal  # noqa: E402
+
+from configs import load_config  # noqa: E402
+from small_tasks.limiting_dynamics import exponent_check, fit_window  # noqa: E402
+from trainer import Hook, Trainer  # noqa: E402
+
+# heavy ball 0.5 at lr 0.1 (lr_eff 0.2) on six directions h = 1 .. 0.01: stationary by step 2000
+# (the slowest second moment relaxes in ~250 steps), lags up to 500; lr omega <= 0.37
+FAST = [
+    "--optim.lr=0.1",
+    "--optim.sgdm.momentum=0.5",
+    "--task.d=6",
+    "--task.h_min=0.01",
+    "--task.replicas=300",
+    "--task.measure_from=2000",
+    "--train.max_steps=3000",
+    "--task.lags=12",
+]
+ALL = ["stationary_covariance", "mean_oscillator", "mean_continuous_oscillator", "displacement", "diffusion_exponent"]
+
+
+class StopAt(Hook):
+    """A SIGTERM as the trainer sees one, after ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_signal = signal.SIGTERM
+
+
+def run_task(tmp_path, *overrides, name="t", hooks=()):
+    args = [f"--run.dir={tmp_path}", f"--run.name={name}", "--train.progress=false", "--run.threads=1", *overrides]
+    trainer = Trainer(load_config("configs/small_tasks/limiting_dynamics.toml", args), hooks=hooks)
+    return trainer.run(), trainer
+
+
+def failed(summary):
+    return sorted(k for k, v in summary["checks"].items() if not v["passed"])
+
+
+def test_fast_run_passes_every_check(tmp_path):
+    s, _ = run_task(tmp_path, *FAST)
+    assert failed(s) == [] and set(ALL) <= set(s["checks"])
+    assert s["checks"]["diffusion_exponent"]["expected"]["claim"] == "anomalous diffusion"
+    assert (tmp_path / "t" / "limiting_dynamics.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "held_out",
+    [
+        ["--task.spectrum=flat"],  # ordinary diffusion, claimed and found
+        ["--optim.sgdm.momentum=0", "--optim.lr=0.5"],  # plain SGD: its stiff directions are no oscillator
+        ["--optim.sgdm.weight_decay=0.01", "--task.batch_size=1", "--run.seed=3", "--task.data_seed=5"],
+    ],
+)
+def test_held_out_settings_pass(tmp_path, held_out):
+    s, _ = run_task(tmp_path, *FAST, *held_out)
+    assert failed(s) == [], {k: s["checks"][k] for k in failed(s)}
+
+
+def test_wrong_theory_too_small_ensemble_and_too_early_a_window_fail(tmp_path):
+    s, trainer = run_task(tmp_path, *FAST, name="right")
+    plain = trainer.task.analyse(0.1, 0.0)["checks"]  # the plain-SGD theory against a momentum run
+    assert not any(plain[k]["passed"] for k in ("stationary_covariance", "mean_oscillator", "displacement"))
+    s, _ = run_task(tmp_path, *FAST, "--task.replicas=4", name="small")
+    assert "stationary_covariance" in failed(s)
+    s, _ = run_task(tmp_path, *FAST, "--task.measure_from=100", "--train.max_steps=1100", name="early")
+    assert "stationary_covariance" in failed(s)
+    assert s["checks"]["stationary_covariance"]["transient_left_at_measure_from"] > 0.1
+
+
+def test_flat_spectrum_claimed_anomalous_fails(tmp_path):
+    s, trainer = run_task(tmp_path, *FAST, "--task.spectrum=flat")
+    taus = np.array(s["prediction"]["taus"])
+    window = fit_window(0.1, 0.5, 0.01)
+    msd, theory = np.array(s["observed"]["msd"]), np.array(s["prediction"]["msd"])
+    assert exponent_check(taus, msd, theory, window, "normal")["passed"]
+    assert not exponent_check(taus, msd, theory, window, "anomalous")["passed"]
+
+
+def test_resume_is_exact_and_keeps_the_measurements(tmp_path):
+    common = [*FAST, "--train.max_steps=2400", "--task.measure_from=1500", "--train.sync_interval=100"]
+    whole, _ = run_task(tmp_path, *common, name="whole")
+    run_task(tmp_path, *common, name="split", hooks=[StopAt(1700)])
+    resumed, _ = run_task(tmp_path, *common, "--run.resume=true", name="split")
+    assert resumed["observed"] == whole["observed"] and failed(resumed) == failed(whole)
+    with pytest.raises(Exception, match="measurement plan differs"):
+        run_task(tmp_path, *common, "--run.resume=true", "--train.max_steps=3000", name="split")

@@ -4,18 +4,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from small_tasks import collapse
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: on a shared machine one thread is far faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is far faster
 
 
 def test_expected_log_abs_normal_against_closed_form_and_monte_carlo():
