@@ -138,7 +138,7 @@ def test_second_order_with_constant_drive_has_its_fixed_point():
 
 # ---- the Task, through the trainer ----
 
-from configs import load_config  # noqa: E402
+from configs import UserError, load_config  # noqa: E402
 from small_tasks.conservation_laws import law_checks  # noqa: E402
 from small_tasks.records import SGDSettings  # noqa: E402
 from trainer import Trainer  # noqa: E402
@@ -238,3 +238,70 @@ def test_resumed_run_keeps_the_whole_record(tmp_path):
     resumed, _ = run_task(tmp_path, "--train.max_steps=200", "--run.resume=true", *common, name="split")
     assert failed(resumed) == []
     assert resumed["observed"] == whole["observed"]
+
+
+# ---- the same laws on the GPT (small_tasks/gpt_symmetries.py) ----
+
+GPT_FAST = [
+    "--model.n_layer=2",
+    "--model.n_embd=32",
+    "--model.n_head=2",
+    "--model.block_size=32",
+    "--train.max_steps=30",
+    "--train.batch_size=4",
+    "--eval.tokens=1024",
+]
+
+
+def run_gpt(tmp_path, data_dir, *overrides, name="g"):
+    args = [f"--run.dir={tmp_path}", f"--run.name={name}", "--train.progress=false", "--run.threads=1"]
+    trainer = Trainer(
+        load_config(
+            "configs/small_tasks/gpt_symmetries.toml", [*args, f"--data.path={data_dir}", *GPT_FAST, *overrides]
+        )
+    )
+    return trainer.run(), trainer
+
+
+def test_symmetric_gpt_follows_every_law(tmp_path, data_dir):
+    s, trainer = run_gpt(tmp_path, data_dir)
+    assert failed(s) == []
+    assert set(s["checks"]) == {
+        "translation_law",
+        "residual_scale_law",
+        "qk_charge_law",
+        "qk_angular_momentum",
+        "vo_charge_law",
+        "vo_angular_momentum",
+    }
+    for plot in ("translation", "residual_scale", "qk_charge", "vo_charge", "angular_momentum"):
+        assert (tmp_path / "g" / f"{plot}.png").stat().st_size > 0
+    # the same records judged as if bQ and bV had broken the attention symmetries: those checks fail
+    checks, _, _ = trainer.task.analyse({"qk": True, "vo": True})
+    assert not any(checks[k]["passed"] for k in checks if k.endswith("_broken_by_bias"))
+
+
+def test_bq_and_bv_break_exactly_the_attention_groups(tmp_path, data_dir):
+    s, trainer = run_gpt(tmp_path, data_dir, "--symmetry.mode=bqbv")
+    assert failed(s) == []
+    assert {"qk_charge_broken_by_bias", "vo_angular_momentum_broken_by_bias"} <= set(s["checks"])
+    assert s["checks"]["translation_law"]["passed"] and s["checks"]["residual_scale_law"]["passed"]
+    # the symmetric laws fed the biased run fail
+    checks, _, _ = trainer.task.analyse({"qk": False, "vo": False})
+    assert not any(checks[k]["passed"] for k in ("qk_charge_law", "qk_angular_momentum", "vo_angular_momentum"))
+    s, _ = run_gpt(tmp_path, data_dir, "--symmetry.mode=bq", name="bq")
+    assert failed(s) == [] and s["checks"]["vo_charge_law"]["passed"] and "qk_charge_broken_by_bias" in s["checks"]
+
+
+def test_gpt_outside_the_assumptions(tmp_path, data_dir):
+    # the model's own layer-norm eps breaks the residual scale symmetry (slightly, but far above round-off)
+    s, _ = run_gpt(tmp_path, data_dir, "--task.layernorm_eps=1e-5", name="eps")
+    assert failed(s) == ["residual_scale_law"] and s["checks"]["residual_scale_law"]["notes"]
+    # weight decay on the matrices only: the residual writers' group mixes decayed and undecayed tensors
+    s, _ = run_gpt(tmp_path, data_dir, "--optim.decay=matrices", name="decay")
+    assert "residual_scale_law" in failed(s)
+
+
+def test_gpt_symmetries_does_not_resume(tmp_path, data_dir):
+    with pytest.raises(UserError, match="start the run afresh"):
+        run_gpt(tmp_path, data_dir, "--run.resume=true", name="again")
