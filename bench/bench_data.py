@@ -12,7 +12,7 @@
 3. Validation: opening a 100M-token shard with the vocabulary check (page cache warm).
 
 The text is the built-in corpus repeated --copies times (about 2 MB each). GPT-2 ranks come from
---bpe_file, GPT2_BPE_FILE or ../shared/assets/gpt2.tiktoken.
+--bpe_file or GPT2_BPE_FILE (or tiktoken's own download, online).
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ sys.path.insert(0, str(ROOT))
 from data.prepare import prepare  # noqa: E402
 from data.sources import resolve_source  # noqa: E402
 from data.tokenizer import gpt2_encoding  # noqa: E402
-
-LOCAL_RANKS = ROOT.parent / "shared" / "assets" / "gpt2.tiktoken"
 
 
 def bench_prepare(docs: list[str], rounds: int, workers: int, bpe_file: str, tmp: Path) -> tuple[float, float]:
@@ -125,7 +123,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="quickstart optimizer steps to time per thread count")
     p.add_argument("--batches", type=int, default=5000, help="loader batches to time")
-    p.add_argument("--bpe_file", default=os.environ.get("GPT2_BPE_FILE") or str(LOCAL_RANKS))
+    p.add_argument("--bpe_file", default=os.environ.get("GPT2_BPE_FILE"))
     args = p.parse_args()
     from data.builtin import documents
 

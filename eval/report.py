@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command
 from eval.logic import ANSWER_CATEGORIES, PAIR_CATEGORIES
@@ -195,7 +196,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Read the runs, write report.md and the plots into ``out``; returns the markdown's path."""
     if not run_dirs:
         raise UserError("no run dirs given; pass one or more folders written by train.py")
-    records = [read_run(d) for d in run_dirs]
+    records = [read_run(d) for d in tqdm(run_dirs, desc="reading runs", unit="run", file=sys.stderr, leave=False)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pngs = plot(records, out)

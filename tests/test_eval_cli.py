@@ -10,19 +10,18 @@ import train
 from eval import alignment, hf, logic, val
 from eval.run import load_run
 
+from helpers import QUIET, TINY_GPT
+
 TINY = [
-    "--model.n_layer=1",
-    "--model.n_embd=32",
-    "--model.n_head=2",
-    "--model.block_size=64",
+    *TINY_GPT,
+    *QUIET,
+    "--model.block_size=64",  # room for the logic items
     "--train.batch_size=4",
     "--train.max_steps=3",
     "--eval.interval=0",
     "--eval.tokens=1024",
-    "--eval.sample_tokens=0",
     "--eval.logic=true",
     "--eval.logic_n=3",
-    "--train.progress=false",
 ]
 
 

@@ -11,20 +11,19 @@ import train
 from configs import CONFIG_DIR, OptimConfig, UserError, load_config
 from model import GPT, GPTConfig
 
+from helpers import QUIET, TINY_GPT
+
 TINY = [
+    *TINY_GPT,
+    *QUIET,
     "--model.n_layer=2",
-    "--model.n_embd=32",
-    "--model.n_head=2",
-    "--model.block_size=32",
     "--train.batch_size=8",
     "--eval.tokens=4096",
     "--eval.interval=0",
-    "--eval.sample_tokens=0",
-    "--train.progress=false",
     "--train.log_interval=10",
     "--optim.warmup_steps=0",
 ]
-# Settings in the spirit of the paper's (SCIENCE.md), scaled to a byte-level model that starts at ln(257).
+# Settings in the spirit of the paper's, scaled to a byte-level model that starts at ln(257).
 QUICK = {
     "soap": ["--optim.lr=1e-2", "--optim.soap.betas=[0.95,0.95]", "--optim.soap.weight_decay=0.01"],
     "ecd": ["--optim.lr=1.0", "--optim.ecd.eta=100", "--optim.ecd.f0=1.0", "--optim.ecd.weight_decay=0"]
@@ -121,3 +120,73 @@ def test_state_stays_fp32_under_bf16_autocast(name):
     floats = [t for t in tensors if t.is_floating_point()]
     assert floats and all(t.dtype == torch.float32 for t in floats)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_each_optimizer_has_its_own_defaults_and_the_lr_shortcut():
+    cfg = load_config(None, ["--optim.name=ecd"])
+    assert optim.settings(cfg.optim).lr == load_config().optim.sections["ecd"]["lr"]
+    resolved = optim.resolve(load_config(None, ["--optim.name=sgdm", "--optim.lr=0.7"]))
+    assert list(resolved.optim.sections) == ["sgdm"] and resolved.optim.sections["sgdm"]["lr"] == 0.7
+    assert resolved.optim.lr == 0.0  # folded into the table: config.toml has one place for it
+    assert optim.resolve(resolved).optim == resolved.optim  # a resolved config resolves to itself
+
+
+def test_the_command_line_beats_the_file_and_a_disagreement_on_one_side_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[optim]\nname = "adamw"\nlr = 0.002\n[optim.adamw]\nlr = 0.001\n')
+    with pytest.raises(UserError, match="disagree"):
+        optim.resolve(load_config(path))
+    table = load_config(path, ["--optim.adamw.lr=0.005"])
+    assert optim.settings(table.optim, table.from_cli).lr == 0.005  # the command line's table lr wins
+    cli = load_config(None, ["--optim.lr=0.004"])
+    assert optim.settings(cli.optim, cli.from_cli).lr == 0.004  # over the quickstart file's [optim.adamw] lr
+    with pytest.raises(UserError, match="disagree"):
+        optim.resolve(load_config(None, ["--optim.lr=0.004", "--optim.adamw.lr=0.003"]))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--optim.eta=5"], "'optim.eta' belongs in [optim.ecd]"),
+        (["--optim.betas=[0.9,0.9]"], "--optim.adamw.betas"),
+        (["--optim.ecd.eta=5"], "optimizer 'ecd', but optim.name is 'adamw'"),
+        (["--optim.name=ecd", "--optim.ecd.eta=-1"], "optim.ecd.eta must be a positive number"),
+        (["--optim.name=sgdm", "--optim.sgdm.momentum=1.5"], "optim.sgdm.momentum must be in [0, 1)"),
+        (["--optim.name=adamw", "--optim.adamw.etaa=1"], "unknown config key 'optim.adamw.etaa'"),
+    ],
+)
+def test_misplaced_or_wrong_optimizer_knobs_are_one_line_errors(args, needle):
+    with pytest.raises(UserError) as e:
+        optim.resolve(load_config(None, args))
+    assert needle in str(e.value)
+
+
+def test_a_table_for_an_unknown_optimizer_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[optim]\nname = "adamw"\n[optim.adam]\nlr = 0.1\n')
+    with pytest.raises(UserError, match=r"unknown optimizer table \[optim.adam\]"):
+        optim.resolve(load_config(path))
+
+
+def test_a_checkpoint_from_before_the_optimizer_tables_loads_and_resumes(data_dir, tmp_path):
+    """Stored configs once held every optimizer's knobs flat in [optim]; they upgrade on the way in."""
+    import checkpoints
+    from eval.run import load_run
+
+    from helpers import args
+
+    assert train.main(args(data_dir, tmp_path, "old", "--optim.name=sgdm", "--optim.lr=0.2", steps=2)) == 0
+    path = checkpoints.list_checkpoints(tmp_path / "old")[-1]
+    state = torch.load(path, weights_only=True)
+    flat = {k: v for k, v in state["config"]["optim"].items() if not isinstance(v, dict)}
+    state["config"]["optim"] = {
+        **flat, "lr": 0.2, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0, "betas": [0.9, 0.95],
+        "eps": 1e-8, "eta": 100.0, "f0": 2.0, "decay_embeddings": False,
+    }
+    del state["config"]["optim"]["decay"]
+    torch.save(state, path)
+    checkpoints.sidecar(path).write_text(json.dumps({"step": 2, "sha256": checkpoints.sha256_file(path)}))
+    loaded = load_run(tmp_path / "old")
+    assert optim.settings(loaded.config.optim).lr == 0.2 and loaded.config.optim.name == "sgdm"
+    resume = args(data_dir, tmp_path, "old", "--optim.name=sgdm", "--optim.lr=0.2", "--run.resume=true", steps=4)
+    assert train.main(resume) == 0

@@ -6,6 +6,8 @@ import pytest
 
 import train
 
+from helpers import TINY_GPT
+
 FAST = ["--eval.tokens=8192", "--eval.sample_tokens=0", "--train.progress=false", "--eval.interval=0"]
 
 
@@ -38,10 +40,7 @@ def test_every_mode_and_base_optimizer_trains(tmp_path, mode, optim):
         f"--optim.name={optim}",
         lr,
         "--train.max_steps=8",
-        "--model.n_layer=1",
-        "--model.n_embd=32",
-        "--model.n_head=2",
-        "--model.block_size=32",
+        *TINY_GPT,
         "--train.log_interval=4",
     )
     assert summary["final_val_loss"] < summary["initial_val_loss"]

@@ -9,18 +9,16 @@ import pytest
 import train
 from eval import logic, report
 
+from helpers import QUIET, TINY_GPT
+
 TINY = [
-    "--model.n_layer=1",
-    "--model.n_embd=32",
-    "--model.n_head=2",
-    "--model.block_size=32",
+    *TINY_GPT,
+    *QUIET,
     "--train.batch_size=4",
     "--train.max_steps=4",
     "--train.log_interval=2",
     "--eval.interval=2",
     "--eval.tokens=1024",
-    "--eval.sample_tokens=0",
-    "--train.progress=false",
 ]
 
 
