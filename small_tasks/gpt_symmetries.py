@@ -313,19 +313,22 @@ class GPTSymmetriesTask(LMTask):
                 rec[pair][:, :, 0, 0],
                 predicted[f"{pair}_charge_law"][:, :, 0, 0],
                 None,
-                f"GL charge tr D_{pair}, layer 0 by head, " + title,
+                f"GL charge tr D_{pair}, layer 0 by head\n" + title,
                 "tr D",
                 float(np.max(rec[f"size_{pair}"])),
                 [f"head {h}" for h in range(self.H)],
             )
+        tol, _ = self.tolerances()
+        series = {
+            f"{p}: max over heads of |skew(W V^T)| / |W||V|": np.maximum(rec[f"angular_{p}"].max((1, 2)), 1e-17)
+            for p in ("qk", "vo")
+        }
+        series["tolerance of a conserved angular momentum (theory: 0)"] = np.full(len(steps) - 1, tol)
         law_plots.plot_series(
             run_dir / "angular_momentum.png",
             steps[1:],
-            {
-                f"|skew(W V^T)| / |W||V|, {p} (max over heads)": np.maximum(rec[f"angular_{p}"].max((1, 2)), 1e-17)
-                for p in ("qk", "vo")
-            },
-            "the rotations' angular momentum (0 when attention is rotation invariant), " + title,
+            series,
+            "angular momentum of the attention rotations\n" + title,
             "step",
             "relative angular momentum",
             logy=True,

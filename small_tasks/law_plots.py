@@ -55,7 +55,8 @@ def plot_series(
     """Several named curves on one set of axes (the style key: a name ending in 'theory' is dashed)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for name, y in series.items():
-        ax.plot(x, y, lw=1.6 if "theory" not in name else 1.0, ls="--" if "theory" in name else "-", label=name)
+        theory = "theory" in name
+        ax.plot(x, y, lw=1.0 if theory else 1.6, ls="--" if theory else "-", color="k" if theory else None, label=name)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

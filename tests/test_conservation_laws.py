@@ -5,8 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from configs import UserError, load_config
 from small_tasks import noether
-from small_tasks.conservation_laws import SymmetricNet, linear_charges, quadratic_charges
+from small_tasks.conservation_laws import SymmetricNet, law_checks, linear_charges, quadratic_charges
+from small_tasks.records import SGDSettings
+from trainer import Trainer
 
 EXACT = 1e-10  # float64 round-off accumulated over a few hundred steps
 
@@ -138,10 +141,6 @@ def test_second_order_with_constant_drive_has_its_fixed_point():
 
 # ---- the Task, through the trainer ----
 
-from configs import UserError, load_config  # noqa: E402
-from small_tasks.conservation_laws import law_checks  # noqa: E402
-from small_tasks.records import SGDSettings  # noqa: E402
-from trainer import Trainer  # noqa: E402
 
 EXACT_CHECKS = ["translation_law", "scale_law", "rescale_law"]
 OSCILLATOR_CHECKS = ["translation_oscillator", "scale_oscillator", "rescale_oscillator"]

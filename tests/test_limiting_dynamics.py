@@ -1,10 +1,15 @@
 """Limiting dynamics theory (small_tasks/sgd_diffusion.py) against its own moment recursion and a numpy
 simulation of torch SGD's update on online Gaussian regression."""
 
+import signal
+
 import numpy as np
 import pytest
 
+from configs import load_config
 from small_tasks import sgd_diffusion as sd
+from small_tasks.limiting_dynamics import exponent_check, fit_window
+from trainer import Hook, Trainer
 
 CASES = [  # lr, wd, momentum, batch, sigma
     (0.5, 0.0, 0.0, 4, 0.5),
@@ -120,11 +125,6 @@ def test_unstable_learning_rate_has_no_stationary_state():
 
 # ---- the Task, through the trainer ----
 
-import signal  # noqa: E402
-
-from configs import load_config  # noqa: E402
-from small_tasks.limiting_dynamics import exponent_check, fit_window  # noqa: E402
-from trainer import Hook, Trainer  # noqa: E402
 
 # heavy ball 0.5 at lr 0.1 (lr_eff 0.2) on six directions h = 1 .. 0.01: stationary by step 2000
 # (the slowest second moment relaxes in ~250 steps), lags up to 500; lr omega <= 0.37

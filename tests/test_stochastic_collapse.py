@@ -5,7 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from configs import load_config
 from small_tasks import collapse
+from small_tasks.stochastic_collapse import sweep_check
+from trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is far faster
 
@@ -88,9 +91,6 @@ def test_neuron_threshold_and_its_small_lr_expansion():
 
 # ---- the Tasks, through the trainer ----
 
-from configs import load_config  # noqa: E402
-from small_tasks.stochastic_collapse import sweep_check  # noqa: E402
-from trainer import Trainer  # noqa: E402
 
 # lr 0.02 reaches in 2000 steps what the reference (lr 0.01) does in 4000; |theta| < 1e-6 counts as
 # collapsed (at zeta 1.4 the stationary mass there is 5e-4), so that zeta = 2 gets there in time
