@@ -19,12 +19,14 @@ has a charge whose recursion closes without the loss (derived here for this upda
   With momentum 0, |v_n|^2 = lr^2 (|g_n|^2 + wd^2 |theta_n|^2) turns it into the gradient form
       Q_n = (1 - lr wd)^{2n} Q_0 + lr^2 sum_k (1 - lr wd)^{2(n-1-k)} G_k,   G = the same combination of |g|^2.
 
-Continuous approximation (the modified equation of heavy-ball momentum, t = n * lr): a charge with
-stiffness kappa (kappa = wd for a linear charge, 2 wd for a quadratic one) is a damped oscillator
-    q'' + 2 gamma q' + omega^2 q = f(t),
+Continuous approximation (t = n * lr): the recursion is q_{n+1} - q_n - momentum (q_n - q_{n-1}) =
+-lr kappa q_n + K_n + momentum K_{n-1}, with stiffness kappa = wd for a linear charge (K = 0), 2 wd for a
+quadratic one. Taylor expansion gives (1 + momentum) lr / 2 q'' + (1 - momentum) q' + kappa q =
+(1 + momentum) K / lr: with momentum a damped oscillator
+    q'' + 2 gamma q' + omega^2 q = 2 |theta'|^2 = 2 K / lr^2,
     gamma = (1 - momentum) / (lr (1 + momentum)),   omega^2 = 2 kappa / (lr (1 + momentum)),
-with f = 0 for a linear charge and f = 2 |theta'|^2 = 2 K_n / lr^2 for a quadratic one. The same
-oscillator with kappa = h_k + wd is the mean of a quadratic loss along a Hessian eigendirection.
+and without it gradient flow's q' = -kappa q + K / lr. The same oscillator with kappa = h_k + wd is the
+mean of a quadratic loss along a Hessian eigendirection.
 """
 
 from __future__ import annotations
@@ -99,27 +101,37 @@ def oscillator(
     lr: float,
     kappa: float,
     momentum: float,
-    forcing: np.ndarray | None = None,
+    kinetic: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The continuous approximation at t = n lr, n = 0..n_steps: q'' + 2 gamma q' + omega^2 q = f(t), with
-    f constant over each step (``forcing`` (n_steps, *q0.shape) or None), through q(0) = q0 and q(lr) = q1.
+    """The continuous approximation at t = n lr, n = 0..n_steps, driven by K_n / lr over step n (a
+    quadratic charge's kinetic term; None for a linear charge or a mean).
 
-    Two points rather than q'(0): heavy ball starts from rest half a step before t = 0, so no derivative
-    at 0 is natural; matching the first step leaves an O((lr omega)^2) error over the run. Solved by exact
-    propagation of the linear system over each step (the matrix exponential of the augmented
-    generator), so the only difference from the discrete law is the continuous-time model.
+    With momentum, the damped oscillator q'' + 2 gamma q' + omega^2 q = 2 K / lr^2 through q(0) = q0 and
+    q(lr) = q1: two points rather than q'(0), because heavy ball starts from rest half a step before
+    t = 0, so no derivative at 0 is natural; matching the first step leaves an O((lr omega)^2) error.
+    Without momentum, gradient flow's first-order q' = -kappa q + K / lr (the inertia term of the
+    modified equation is O(lr), and against mini-batch noise it would only lag each step's kick).
+    Both are solved by exact propagation over each step (a matrix exponential), so the only difference
+    from the discrete law is the continuous-time model.
     """
+    q0 = np.asarray(q0, dtype=np.float64)
+    out = np.empty((n_steps + 1, *q0.shape))
+    out[0] = q0
+    if momentum == 0.0:
+        x = kappa * lr
+        decay, gain = np.exp(-x), (-np.expm1(-x) / x if x > 0 else 1.0)
+        for n in range(n_steps):
+            out[n + 1] = decay * out[n] + (gain * kinetic[n] if kinetic is not None else 0.0)
+        return out
     gamma, omega2 = damping(lr, momentum), 2.0 * kappa / (lr * (1.0 + momentum))
     gen = torch.zeros(3, 3, dtype=torch.float64)
     gen[0, 1], gen[1, 0], gen[1, 1], gen[1, 2] = 1.0, -omega2, -2.0 * gamma, 1.0
     prop = torch.linalg.matrix_exp(gen * lr).numpy()
     phi, psi = prop[:2, :2], prop[:2, 2]
-    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    forcing = None if kinetic is None else 2.0 * np.asarray(kinetic, dtype=np.float64) / lr**2
     first = 0.0 if forcing is None else forcing[0]
-    dq0 = (q1 - phi[0, 0] * q0 - psi[0] * first) / phi[0, 1]
+    dq0 = (np.asarray(q1, dtype=np.float64) - phi[0, 0] * q0 - psi[0] * first) / phi[0, 1]
     state = np.stack([q0, dq0 * np.ones_like(q0)])
-    out = np.empty((n_steps + 1, *q0.shape))
-    out[0] = q0
     for n in range(n_steps):
         state = np.tensordot(phi, state, axes=1)
         if forcing is not None:
@@ -129,7 +141,7 @@ def oscillator(
 
 
 def linear_charge_continuous(s0: np.ndarray, n_steps: int, lr: float, wd: float, momentum: float) -> np.ndarray:
-    """The translation law's oscillator through S_0 and the law's first step S_1 = (1 - lr wd) S_0."""
+    """The translation law's continuous form, through S_0 and the law's first step S_1 = (1 - lr wd) S_0."""
     s0 = np.asarray(s0, dtype=np.float64)
     return oscillator(s0, (1.0 - lr * wd) * s0, n_steps, lr, wd, momentum)
 
@@ -137,12 +149,12 @@ def linear_charge_continuous(s0: np.ndarray, n_steps: int, lr: float, wd: float,
 def quadratic_charge_continuous(
     q0: np.ndarray, kinetic: np.ndarray, lr: float, wd: float, momentum: float
 ) -> np.ndarray:
-    """The scale / rescale oscillator driven by 2 |theta'|^2 = 2 K_n / lr^2, through Q_0 and the law's
+    """The scale / rescale law's continuous form driven by the kinetic terms, through Q_0 and the law's
     first step Q_1 = (1 - 2 lr wd) Q_0 + K_0."""
     kinetic = np.asarray(kinetic, dtype=np.float64)
     q0 = np.asarray(q0, dtype=np.float64)
     q1 = (1.0 - 2.0 * lr * wd) * q0 + kinetic[0]
-    return oscillator(q0, q1, len(kinetic), lr, 2.0 * wd, momentum, 2.0 * kinetic / lr**2)
+    return oscillator(q0, q1, len(kinetic), lr, 2.0 * wd, momentum, kinetic)
 
 
 def relative_error(observed: np.ndarray, predicted: np.ndarray, scale: float | None = None) -> float:
