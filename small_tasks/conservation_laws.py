@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import optim
-from configs import Config, UserError
+from configs import Config, at_least, require
 from runtime import Context
 from small_tasks import law_plots, noether
 from small_tasks.records import SGDSettings, StepRecord, law_check, sgd_settings
@@ -43,6 +43,13 @@ class ConservationLawsConfig:
     n: int = 256  # examples
     batch_size: int = 32  # examples per step, drawn anew each step; 0 = the full batch
     data_seed: int = 0
+
+    def check(self) -> None:
+        at_least("task", 1, d_in=self.d_in, hidden=self.hidden, n=self.n)
+        at_least("task", 2, width=self.width, classes=self.classes)  # a layer norm of one feature is constant
+        require(
+            0 <= self.batch_size <= self.n, f"task.batch_size must be in [0, task.n = {self.n}], got {self.batch_size}"
+        )
 
 
 class SymmetricNet(nn.Module):
@@ -178,10 +185,6 @@ class ConservationLawsTask(SmallTask):
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
         tc = self.tc
-        if min(tc.d_in, tc.width, tc.hidden, tc.n) < 1 or tc.classes < 2 or not 0 <= tc.batch_size <= tc.n:
-            raise UserError("task sizes must be >= 1, task.classes >= 2 and 0 <= task.batch_size <= task.n")
-        if tc.width < 2:
-            raise UserError("task.width must be >= 2 (a layer norm of one feature is constant)")
         rng = np.random.default_rng(tc.data_seed)
         x = rng.standard_normal((tc.n, tc.d_in))
         labels = np.argmax(x @ rng.standard_normal((tc.d_in, tc.classes)), axis=1)

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 import optim
-from configs import Config, UserError
+from configs import Config, at_least, non_negative, one_of, positive, require
 from runtime import Context
 from small_tasks import noether, sgd_diffusion
 from small_tasks.law_plots import plt
@@ -59,19 +59,23 @@ class LimitingDynamicsConfig:
     lags: int = 24  # log-spaced lags, from 1 to half the window
     data_seed: int = 0  # seeds theta* ~ N(0, I)
 
+    def check(self) -> None:
+        at_least("task", 1, d=self.d, batch_size=self.batch_size, origins=self.origins)
+        at_least("task", 2, replicas=self.replicas, lags=self.lags)
+        at_least("task", 0, measure_from=self.measure_from)
+        one_of("task", "spectrum", self.spectrum, ("loguniform", "flat"))
+        positive("task", h_max=self.h_max, h_min=self.h_min)
+        non_negative("task", sigma=self.sigma)
+        for h in self.eigenvalues:
+            positive("task", eigenvalues=h)
+
 
 def spectrum(tc: LimitingDynamicsConfig) -> np.ndarray:
     if tc.eigenvalues:
-        h = np.asarray(tc.eigenvalues, dtype=np.float64)
-    elif tc.spectrum == "loguniform":
-        h = np.geomspace(tc.h_max, tc.h_min, tc.d)
-    elif tc.spectrum == "flat":
-        h = np.full(tc.d, tc.h_min)
-    else:
-        raise UserError(f"unknown task.spectrum '{tc.spectrum}'; use loguniform or flat, or set task.eigenvalues")
-    if np.any(h <= 0):
-        raise UserError("the Hessian eigenvalues must be > 0; fix task.h_min, task.h_max or task.eigenvalues")
-    return h
+        return np.asarray(tc.eigenvalues, dtype=np.float64)
+    if tc.spectrum == "loguniform":
+        return np.geomspace(tc.h_max, tc.h_min, tc.d)
+    return np.full(tc.d, tc.h_min)
 
 
 def fit_window(lr: float, momentum: float, k_min: float) -> tuple[float, float]:
@@ -142,10 +146,10 @@ class LimitingDynamicsTask(SmallTask):
         self.h = spectrum(tc)
         self.d = len(self.h)
         n = cfg.train.max_steps
-        if tc.replicas < 2 or tc.batch_size < 1 or tc.origins < 1 or tc.lags < 2:
-            raise UserError("task.replicas >= 2, task.batch_size >= 1, task.origins >= 1 and task.lags >= 2, please")
-        if not 0 <= tc.measure_from < n - 4:
-            raise UserError(f"task.measure_from must be in [0, train.max_steps - 4) = [0, {n - 4}); lower it")
+        require(
+            tc.measure_from < n - 4,
+            f"task.measure_from must be below train.max_steps - 4 = {n - 4}, got {tc.measure_from}; lower it",
+        )
         self.theta_star = np.random.default_rng(tc.data_seed).standard_normal(self.d)
         half = (n - tc.measure_from) // 2
         self.taus = np.unique(np.geomspace(1, half, tc.lags).round().astype(int))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import optim
-from configs import Config, UserError
+from configs import Config, at_least, non_negative, positive, require
 from runtime import Context
 from small_tasks import collapse
 from small_tasks.law_plots import plt
@@ -42,6 +42,9 @@ class QuarticConfig:
     collapse_eps: float = 1e-10
     data_seed: int = 0  # seeds the starting points, |theta_0| ~ U(0.5, 1.5)
 
+    def check(self) -> None:
+        check_ensemble(self)
+
 
 @dataclass
 class NeuronConfig:
@@ -56,6 +59,21 @@ class NeuronConfig:
     init_scale: float = 1e-3  # w1, w2 ~ init_scale * N(0, 1): starting next to the dead neuron
     collapse_eps: float = 1e-8
     data_seed: int = 0
+
+    def check(self) -> None:
+        check_ensemble(self)
+        at_least("task", 1, m=self.m)
+        positive("task", init_scale=self.init_scale)
+        for lr in self.lr_sweep:
+            positive("task", lr_sweep=lr)
+
+
+def check_ensemble(tc: QuarticConfig | NeuronConfig) -> None:
+    at_least("task", 1, replicas=tc.replicas)
+    positive("task", collapse_eps=tc.collapse_eps)
+    require(bool(tc.sweep), "task.sweep is empty; give at least one noise level")
+    for zeta in [*tc.sweep, tc.zeta]:
+        non_negative("task", zeta=zeta)
 
 
 def sweep_check(values: list[float], fractions: np.ndarray, exponents: list[float], replicas: int) -> dict[str, Any]:
@@ -98,9 +116,6 @@ class CollapseTask(SmallTask):
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
-        tc = self.tc
-        if tc.replicas < 1 or tc.collapse_eps <= 0 or not tc.sweep:
-            raise UserError("task.replicas must be >= 1, task.collapse_eps > 0 and task.sweep non-empty")
         self.lr = optim.settings(cfg.optim).lr
 
     def param_groups(self, model: nn.Module) -> list[dict]:
@@ -140,8 +155,6 @@ class StochasticCollapseTask(CollapseTask):
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
         self.zetas = [*self.tc.sweep, self.tc.zeta]
-        if min(self.zetas) < 0:
-            raise UserError("noise levels (task.sweep, task.zeta) must be >= 0")
         self.zeta_rows = torch.tensor(self.zetas, dtype=torch.float64, device=ctx.device)[:, None]
         self.lrs = [self.lr] * len(self.zetas)
 
@@ -251,8 +264,6 @@ class NeuronCollapseTask(CollapseTask):
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
         tc = self.tc
-        if tc.m < 1 or tc.init_scale <= 0 or min([*tc.sweep, tc.zeta]) < 0 or min(tc.lr_sweep, default=1) <= 0:
-            raise UserError("task.m >= 1, task.init_scale > 0, noise levels >= 0 and task.lr_sweep > 0, please")
         rng = np.random.default_rng(tc.data_seed)
         x = rng.standard_normal(tc.m)
         y = tc.teacher * x + tc.label_noise * rng.standard_normal(tc.m)

@@ -304,3 +304,12 @@ def test_gpt_outside_the_assumptions(tmp_path, data_dir):
 def test_gpt_symmetries_does_not_resume(tmp_path, data_dir):
     with pytest.raises(UserError, match="start the run afresh"):
         run_gpt(tmp_path, data_dir, "--run.resume=true", name="again")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("--task.batch_size=999", "task.batch_size must be in"), ("--task.width=1", "task.width must be >= 2")],
+)
+def test_bad_task_values_are_one_line_errors(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        run_task(tmp_path, override)

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from configs import load_config
+from configs import UserError, load_config
 from small_tasks import sgd_diffusion as sd
 from small_tasks.limiting_dynamics import exponent_check, fit_window
 from trainer import Hook, Trainer
@@ -210,3 +210,16 @@ def test_resume_is_exact_and_keeps_the_measurements(tmp_path):
     assert resumed["observed"] == whole["observed"] and failed(resumed) == failed(whole)
     with pytest.raises(Exception, match="measurement plan differs"):
         run_task(tmp_path, *common, "--run.resume=true", "--train.max_steps=3000", name="split")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--task.spectrum=powerlaw", "unknown task.spectrum 'powerlaw'"),
+        ("--task.measure_from=20000", "task.measure_from must be below"),
+        ("--task.eigenvalues=[1,0]", "task.eigenvalues must be a positive"),
+    ],
+)
+def test_bad_task_values_are_one_line_errors(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        run_task(tmp_path, override)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from configs import load_config
+from configs import UserError, load_config
 from small_tasks import collapse
 from small_tasks.stochastic_collapse import sweep_check
 from trainer import Trainer
@@ -159,3 +159,16 @@ def test_neuron_dies_above_the_predicted_noise_and_learning_rate(tmp_path):
     s = run_task(tmp_path, "stochastic_collapse_neuron.toml", *NEURON_FAST, "--task.zeta=1.0", name="quiet")
     assert s["prediction"]["threshold_lr_at_zeta"] is None
     assert not s["checks"]["collapse_threshold_lr"]["passed"]
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        ("stochastic_collapse.toml", "--task.sweep=[]", "task.sweep is empty"),
+        ("stochastic_collapse.toml", "--task.zeta=-1", "task.zeta must be >= 0"),
+        ("stochastic_collapse_neuron.toml", "--task.lr_sweep=[0.1,-1]", "task.lr_sweep must be a positive"),
+    ],
+)
+def test_bad_task_values_are_one_line_errors(tmp_path, config, override, message):
+    with pytest.raises(UserError, match=message):
+        run_task(tmp_path, config, override)
