@@ -138,23 +138,31 @@ def law_checks(
             checks[f"{key}_law_gradient_form"] = law_check(rec[key], pred, size(key), EXACT_TOL, **grad_extra)
     if sgd.constant_lr:
         lr = float(lrs[0])
+
+        def form(kappa: float) -> dict[str, Any]:
+            if beta == 0.0:
+                return {"form": "gradient flow q' = -kappa q + K / lr", "kappa": kappa}
+            omega = noether.frequency(lr, kappa, beta)
+            return {
+                "form": "damped oscillator",
+                "gamma": noether.damping(lr, beta),
+                "omega": omega,
+                "lr_omega": lr * omega,
+                "valid_for": "lr * omega <= ~0.3",
+            }
+
         cw = noether.linear_charge_continuous(rec["translation_weight"][0], n, lr, wd["w_out"], beta)
         cb = noether.linear_charge_continuous(rec["translation_bias"][0], n, lr, wd["b_out"], beta)
         cs = noether.quadratic_charge_continuous(rec["scale"][0], rec["kinetic_scale"], lr, wd["w_in"], beta)
         cr = noether.quadratic_charge_continuous(rec["rescale"][0], rec["kinetic_rescale"], lr, wd["w_out"], beta)
-        omega = {k: noether.frequency(lr, 2 * wd[key_param(k)], beta) for k in ("scale", "rescale")}
-        omega["translation"] = noether.frequency(lr, wd["w_out"], beta)
-        osc = {"gamma": noether.damping(lr, beta), "tolerance_note": "valid for lr * omega <= ~0.3"}
-        checks["translation_oscillator"] = {**translation(cw, cb, OSCILLATOR_TOL), **osc, "omega": omega["translation"]}
+        checks["translation_oscillator"] = {**translation(cw, cb, OSCILLATOR_TOL), **form(wd["w_out"])}
         checks["scale_oscillator"] = {
             **law_check(rec["scale"], cs, size("scale"), OSCILLATOR_TOL, **extra),
-            **osc,
-            "omega": omega["scale"],
+            **form(2 * wd["w_in"]),
         }
         checks["rescale_oscillator"] = {
             **law_check(rec["rescale"], cr, size("rescale"), OSCILLATOR_TOL, **extra),
-            **osc,
-            "omega": omega["rescale"],
+            **form(2 * wd["w_out"]),
         }
         predicted.update(continuous_scale=cs, continuous_rescale=cr, continuous_translation_weight=cw)
     if wd["w_in"] == 0.0:
@@ -291,7 +299,7 @@ class ConservationLawsTask(SmallTask):
             steps,
             rec["translation_weight"][:, :3],
             pred["translation_weight"][:, :3],
-            pred.get("continuous_translation_weight", np.full_like(pred["translation_weight"], np.nan))[:, :3],
+            pred["continuous_translation_weight"][:, :3] if "continuous_translation_weight" in pred else None,
             "translation: column sums of W_out, " + title,
             "sum over classes",
             float(np.max(rec["size_translation_weight"])),

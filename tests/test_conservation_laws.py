@@ -167,7 +167,11 @@ def test_reference_run_passes_every_law_and_plots_them(tmp_path):
 
 def test_momentum_run_oscillates_and_passes(tmp_path):
     s, trainer = run_task(
-        tmp_path, "--train.max_steps=300", "--optim.sgdm.momentum=0.9", "--optim.sgdm.weight_decay=0.5", "--optim.lr=.2"
+        tmp_path,
+        "--train.max_steps=300",
+        "--optim.sgdm.momentum=0.9",
+        "--optim.sgdm.weight_decay=0.5",
+        "--optim.lr=0.2",
     )
     assert failed(s) == []
     assert "scale_law_gradient_form" not in s["checks"]  # plain SGD's form only
