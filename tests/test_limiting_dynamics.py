@@ -162,11 +162,17 @@ def failed(summary):
     return sorted(k for k, v in summary["checks"].items() if not v["passed"])
 
 
-def test_fast_run_passes_every_check(tmp_path):
-    s, _ = run_task(tmp_path, *FAST)
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory, one_thread):
+    """The FAST run, shared: its checks, the wrong theory's against its records, and the resume."""
+    return run_task(tmp_path_factory.mktemp("fast"), *FAST)
+
+
+def test_fast_run_passes_every_check(fast_run, tmp_path):
+    s, trainer = fast_run
     assert failed(s) == [] and set(ALL) <= set(s["checks"])
     assert s["checks"]["diffusion_exponent"]["expected"]["claim"] == "anomalous diffusion"
-    assert (tmp_path / "t" / "limiting_dynamics.png").stat().st_size > 0
+    assert (trainer.ctx.run_dir / "limiting_dynamics.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
@@ -191,25 +197,23 @@ def test_flat_spectrum_diffuses_normally_and_fails_an_anomalous_claim(tmp_path):
     assert not exponent_check(taus, msd, theory, window, "anomalous")["passed"]
 
 
-def test_wrong_theory_too_small_ensemble_and_too_early_a_window_fail(tmp_path):
-    s, trainer = run_task(tmp_path, *FAST, name="right")
-    plain = trainer.task.analyse(0.1, 0.0)["checks"]  # the plain-SGD theory against a momentum run
+def test_wrong_theory_too_small_ensemble_and_too_early_a_window_fail(fast_run, tmp_path):
+    plain = fast_run[1].task.analyse(0.1, 0.0)["checks"]  # the plain-SGD theory against a momentum run
     assert not any(plain[k]["passed"] for k in ("stationary_covariance", "mean_oscillator", "displacement"))
-    s, _ = run_task(tmp_path, *FAST, "--task.replicas=4", name="small")
+    s, _ = run_task(tmp_path, *FAST, "--task.replicas=4", "--train.max_steps=2300", name="small")
     assert "stationary_covariance" in failed(s)
-    s, _ = run_task(tmp_path, *FAST, "--task.measure_from=100", "--train.max_steps=1100", name="early")
+    s, _ = run_task(tmp_path, *FAST, "--task.measure_from=100", "--train.max_steps=500", name="early")
     assert "stationary_covariance" in failed(s)
     assert s["checks"]["stationary_covariance"]["transient_left_at_measure_from"] > 0.1
 
 
-def test_resume_is_exact_and_keeps_the_measurements(tmp_path):
-    common = [*FAST, "--train.max_steps=2400", "--task.measure_from=1500", "--train.sync_interval=100"]
-    whole, _ = run_task(tmp_path, *common, name="whole")
-    run_task(tmp_path, *common, name="split", hooks=[StopAt(1700)])
-    resumed, _ = run_task(tmp_path, *common, "--run.resume=true", name="split")
+def test_resume_is_exact_and_keeps_the_measurements(fast_run, tmp_path):
+    whole, _ = fast_run
+    run_task(tmp_path, *FAST, "--train.sync_interval=100", name="split", hooks=[StopAt(2200)])
+    resumed, _ = run_task(tmp_path, *FAST, "--train.sync_interval=100", "--run.resume=true", name="split")
     assert resumed["observed"] == whole["observed"] and failed(resumed) == failed(whole)
     with pytest.raises(Exception, match="measurement plan differs"):
-        run_task(tmp_path, *common, "--run.resume=true", "--train.max_steps=3000", name="split")
+        run_task(tmp_path, *FAST, "--run.resume=true", "--train.max_steps=3500", name="split")
 
 
 @pytest.mark.parametrize(
