@@ -291,7 +291,8 @@ def test_bq_and_bv_break_exactly_the_attention_groups(tmp_path, data_dir):
     assert s["checks"]["translation_law"]["passed"] and s["checks"]["residual_scale_law"]["passed"]
     # the symmetric laws fed the biased run fail
     checks, _, _ = trainer.task.analyse({"qk": False, "vo": False})
-    assert not any(checks[k]["passed"] for k in ("qk_charge_law", "qk_angular_momentum", "vo_angular_momentum"))
+    symmetric_laws = ("qk_charge_law", "qk_angular_momentum", "vo_charge_law", "vo_angular_momentum")
+    assert not any(checks[k]["passed"] for k in symmetric_laws)
     s, _ = run_gpt(tmp_path, data_dir, "--symmetry.mode=bq", name="bq")
     assert failed(s) == [] and s["checks"]["vo_charge_law"]["passed"] and "qk_charge_broken_by_bias" in s["checks"]
 
@@ -303,6 +304,14 @@ def test_gpt_outside_the_assumptions(tmp_path, data_dir):
     # weight decay on the matrices only: the residual writers' group mixes decayed and undecayed tensors
     s, _ = run_gpt(tmp_path, data_dir, "--optim.decay=matrices", name="decay")
     assert "residual_scale_law" in failed(s)
+
+
+def test_gpt_laws_reject_nesterov_momentum(tmp_path, data_dir):
+    """The laws are for heavy ball: Nesterov's look-ahead step breaks every one of them, translation and
+    the angular momenta included, and the checks say why."""
+    s, _ = run_gpt(tmp_path, data_dir, "--optim.sgdm.nesterov=true", name="nesterov")
+    assert failed(s) == sorted(s["checks"]) and len(s["checks"]) == 6
+    assert "heavy-ball" in " ".join(s["checks"]["translation_law"]["notes"])
 
 
 def test_gpt_symmetries_does_not_resume(tmp_path, data_dir):
