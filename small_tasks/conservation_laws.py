@@ -331,7 +331,7 @@ class ConservationLawsTask(SmallTask):
             run_dir / "effective_lr.png",
             steps,
             {"lr / |W_in|^2 (run)": lrs / rec["scale"], "lr / |W_in|^2 (law, theory)": lrs / pred["scale"]},
-            "scale invariance: the effective step on the sphere, " + title,
+            "scale invariance: the effective step on the sphere\n" + title,
             "step",
             "effective learning rate",
             logy=True,
