@@ -24,6 +24,11 @@ TASKS: dict[str, str] = {
     "get_rich_quick": "small_tasks.get_rich_quick:GetRichQuickTask",
     "get_rich_quick_relu": "small_tasks.get_rich_quick:UnbalancedReLUTask",
     "quasi_homogeneous": "small_tasks.quasi_homogeneous:QuasiHomogeneousTask",
+    "conservation_laws": "small_tasks.conservation_laws:ConservationLawsTask",
+    "stochastic_collapse": "small_tasks.stochastic_collapse:StochasticCollapseTask",
+    "stochastic_collapse_neuron": "small_tasks.stochastic_collapse:NeuronCollapseTask",
+    "limiting_dynamics": "small_tasks.limiting_dynamics:LimitingDynamicsTask",
+    "gpt_symmetries": "small_tasks.gpt_symmetries:GPTSymmetriesTask",
 }
 
 

@@ -1,0 +1,338 @@
+"""A small classifier with all three symmetries, trained by SGD, against the exact conservation laws.
+
+    python train.py configs/small_tasks/conservation_laws.toml
+    python train.py configs/small_tasks/conservation_laws.toml --optim.sgdm.momentum=0.9
+
+Network: x -> W_in -> layer norm (no gain, eps 0) -> W_hidden -> ReLU -> W_out, b_out -> softmax.
+- translation: adding one vector to every row of W_out (one number to every entry of b_out) shifts all
+  logits alike, so S = the sum over classes of W_out's rows (of b_out) is a linear charge;
+- scale: the layer norm makes the loss invariant to W_in -> a W_in, so |W_in|^2 is a quadratic charge;
+- rescale: ReLU is positively homogeneous, so neuron i's |W_out[:, i]|^2 - |W_hidden[i]|^2 is one.
+The laws (small_tasks/noether.py) hold for any data order, so training draws random mini-batches
+(a pure function of run.seed and the step). Float64 throughout, so "exact" means 1e-9 here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import optim
+from configs import Config, at_least, require
+from runtime import Context
+from small_tasks import law_plots, noether
+from small_tasks.records import SGDSettings, StepRecord, law_check, sgd_settings
+from tasks import SmallTask, check
+
+EXACT_TOL = 1e-9  # float64 round-off accumulated over the run, relative to the charge's terms
+OSCILLATOR_TOL = 0.02  # the continuous approximation's error, O((lr omega)^2): for lr omega <= ~0.3
+
+
+@dataclass
+class ConservationLawsConfig:
+    name: str = "conservation_laws"
+    d_in: int = 8
+    width: int = 16  # features into the layer norm
+    hidden: int = 16  # ReLU neurons
+    classes: int = 5
+    n: int = 256  # examples
+    batch_size: int = 32  # examples per step, drawn anew each step; 0 = the full batch
+    data_seed: int = 0
+
+    def check(self) -> None:
+        at_least("task", 1, d_in=self.d_in, hidden=self.hidden, n=self.n)
+        at_least("task", 2, width=self.width, classes=self.classes)  # a layer norm of one feature is constant
+        require(
+            0 <= self.batch_size <= self.n, f"task.batch_size must be in [0, task.n = {self.n}], got {self.batch_size}"
+        )
+
+
+class SymmetricNet(nn.Module):
+    def __init__(self, d_in: int, width: int, hidden: int, classes: int, generator: torch.Generator):
+        super().__init__()
+
+        def init(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator, dtype=torch.float64) / shape[-1] ** 0.5)
+
+        self.w_in = init(width, d_in)
+        self.w_hidden = init(hidden, width)
+        self.w_out = init(classes, hidden)
+        self.b_out = nn.Parameter(0.1 * torch.randn(classes, generator=generator, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(x @ self.w_in.T, (self.w_in.shape[0],), eps=0.0)  # eps 0: exactly scale invariant
+        return F.relu(h @ self.w_hidden.T) @ self.w_out.T + self.b_out
+
+
+def linear_charges(w_out: torch.Tensor, b_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The translation charges: W_out's and b_out's sums over classes."""
+    return {"translation_weight": w_out.sum(0), "translation_bias": b_out.sum()}
+
+
+def quadratic_charges(w_in: torch.Tensor, w_hidden: torch.Tensor, w_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The scale charge |W_in|^2 and the per-neuron rescale charges |W_out[:, i]|^2 - |W_hidden[i]|^2.
+
+    Applied to parameters these are the charges; to steps theta_{n+1} - theta_n, the kinetic terms; to
+    gradients, plain SGD's gradient terms."""
+    return {"scale": w_in.square().sum(), "rescale": w_out.square().sum(0) - w_hidden.square().sum(1)}
+
+
+def charge_sizes(net: SymmetricNet) -> dict[str, torch.Tensor]:
+    """The size of the terms each charge sums (|.| summed; squares added): what round-off scales with."""
+    return {
+        "translation_weight": net.w_out.abs().sum(0),
+        "translation_bias": net.b_out.abs().sum(),
+        "scale": net.w_in.square().sum(),
+        "rescale": net.w_out.square().sum(0) + net.w_hidden.square().sum(1),
+    }
+
+
+def law_checks(
+    rec: dict[str, np.ndarray], sgd: SGDSettings, wd: dict[str, float], grad_clip: float = 0.0
+) -> dict[str, Any]:
+    """Every law against the records of a run (rows: after 0..n steps; kinetic and gradient rows: step n).
+
+    Each exact law predicts the charge from its value at step 0 and, for a quadratic charge, the
+    squared steps (or, for plain SGD's gradient form, the squared gradients): it fails when the run is
+    not the assumed update (another momentum, Nesterov, another optimizer, a wrong learning rate or
+    weight decay, mixed weight decay within a symmetric group). The oscillators fail where lr omega is
+    too large for a continuous description (or for a wrong momentum).
+    """
+    lrs, beta = sgd.lrs, sgd.momentum
+    n = len(lrs)
+    notes = list(sgd.notes)
+    if wd["w_out"] != wd["w_hidden"]:
+        notes.append("W_out and W_hidden decay differently, so the rescale law does not close; set optim.decay")
+    extra = {"notes": notes} if notes else {}
+
+    def size(key: str) -> float:
+        return float(np.max(rec["size_" + key]))
+
+    tw = noether.linear_charge(rec["translation_weight"][0], lrs, wd["w_out"], beta)
+    tb = noether.linear_charge(rec["translation_bias"][0], lrs, wd["b_out"], beta)
+    scale = noether.quadratic_charge(rec["scale"][0], rec["kinetic_scale"], lrs, wd["w_in"], beta)
+    rescale = noether.quadratic_charge(rec["rescale"][0], rec["kinetic_rescale"], lrs, wd["w_out"], beta)
+    predicted = {"translation_weight": tw, "translation_bias": tb, "scale": scale, "rescale": rescale}
+
+    def translation(pred_w: np.ndarray, pred_b: np.ndarray, tol: float) -> dict[str, Any]:
+        w = law_check(rec["translation_weight"], pred_w, size("translation_weight"), tol, **extra)
+        b = law_check(rec["translation_bias"], pred_b, size("translation_bias"), tol, **extra)
+        worse = max((w, b), key=lambda c: c["observed"] if isinstance(c["observed"], float) else np.inf)
+        return {**worse, "passed": w["passed"] and b["passed"]}
+
+    checks = {
+        "translation_law": translation(tw, tb, EXACT_TOL),
+        "scale_law": law_check(rec["scale"], scale, size("scale"), EXACT_TOL, **extra),
+        "rescale_law": law_check(rec["rescale"], rescale, size("rescale"), EXACT_TOL, **extra),
+    }
+    if beta == 0.0:  # the papers' form for plain SGD, with the gradients themselves
+        grad_notes = notes + (["gradients are clipped; the gradient form uses the raw ones"] if grad_clip else [])
+        grad_extra = {"notes": grad_notes} if grad_notes else {}
+        for key in ("scale", "rescale"):
+            pred = noether.quadratic_charge_sgd(rec[key][0], rec["grad_" + key], lrs, wd[key_param(key)])
+            checks[f"{key}_law_gradient_form"] = law_check(rec[key], pred, size(key), EXACT_TOL, **grad_extra)
+    if sgd.constant_lr:
+        lr = float(lrs[0])
+
+        def form(kappa: float) -> dict[str, Any]:
+            if beta == 0.0:
+                return {"form": "gradient flow q' = -kappa q + K / lr", "kappa": kappa}
+            omega = noether.frequency(lr, kappa, beta)
+            return {
+                "form": "damped oscillator",
+                "gamma": noether.damping(lr, beta),
+                "omega": omega,
+                "lr_omega": lr * omega,
+                "valid_for": "lr * omega <= ~0.3",
+            }
+
+        cw = noether.linear_charge_continuous(rec["translation_weight"][0], n, lr, wd["w_out"], beta)
+        cb = noether.linear_charge_continuous(rec["translation_bias"][0], n, lr, wd["b_out"], beta)
+        cs = noether.quadratic_charge_continuous(rec["scale"][0], rec["kinetic_scale"], lr, wd["w_in"], beta)
+        cr = noether.quadratic_charge_continuous(rec["rescale"][0], rec["kinetic_rescale"], lr, wd["w_out"], beta)
+        checks["translation_oscillator"] = {**translation(cw, cb, OSCILLATOR_TOL), **form(wd["w_out"])}
+        checks["scale_oscillator"] = {
+            **law_check(rec["scale"], cs, size("scale"), OSCILLATOR_TOL, **extra),
+            **form(2 * wd["w_in"]),
+        }
+        checks["rescale_oscillator"] = {
+            **law_check(rec["rescale"], cr, size("rescale"), OSCILLATOR_TOL, **extra),
+            **form(2 * wd["w_out"]),
+        }
+        predicted.update(continuous_scale=cs, continuous_rescale=cr, continuous_translation_weight=cw)
+    if wd["w_in"] == 0.0:
+        # |W_in|^2 can only grow without weight decay (every increment of the law is >= 0), so the
+        # effective step on the sphere, lr / |W_in|^2, falls relative to the schedule
+        growth = np.diff(rec["scale"]) / rec["scale"][:-1]
+        checks["effective_lr_falls"] = check(
+            bool(np.all(growth >= -EXACT_TOL)) and bool(np.all(np.diff(scale) >= 0)),
+            "|W_in|^2 non-decreasing, so lr / |W_in|^2 falls",
+            {
+                "smallest_relative_increment": float(f"{growth.min():.3g}"),
+                "effective_lr_ratio_end_to_start": float(f"{rec['scale'][0] / rec['scale'][-1]:.4g}"),
+            },
+            **extra,
+        )
+    return {"checks": checks, "predicted": predicted}
+
+
+def key_param(charge: str) -> str:
+    """The parameter whose weight decay a quadratic charge follows."""
+    return {"scale": "w_in", "rescale": "w_out"}[charge]
+
+
+class ConservationLawsTask(SmallTask):
+    config_class = ConservationLawsConfig
+    data_seed_key = "data_seed"
+
+    def __init__(self, cfg: Config, ctx: Context):
+        super().__init__(cfg, ctx)
+        tc = self.tc
+        rng = np.random.default_rng(tc.data_seed)
+        x = rng.standard_normal((tc.n, tc.d_in))
+        labels = np.argmax(x @ rng.standard_normal((tc.d_in, tc.classes)), axis=1)
+        self.x = torch.tensor(x, device=ctx.device)
+        self.y = torch.tensor(labels, device=ctx.device)
+        self.n_steps = cfg.train.max_steps
+
+    def build_model(self) -> nn.Module:
+        tc = self.tc
+        net = SymmetricNet(tc.d_in, tc.width, tc.hidden, tc.classes, torch.Generator().manual_seed(self.cfg.run.seed))
+        h = tc.hidden
+        shapes = {"translation_weight": (h,), "translation_bias": (), "scale": (), "rescale": (h,)}
+        shapes |= {"size_" + k: s for k, s in shapes.items()}
+        shapes |= {"kinetic_scale": (), "kinetic_rescale": (h,), "grad_scale": (), "grad_rescale": (h,)}
+        net.record = StepRecord(self.n_steps, shapes)
+        self.net = net
+        self.write_charges(0)
+        # plain SGD's gradient form needs |g|^2 of each step: taken as backward finishes each tensor
+        self.grads: dict[str, torch.Tensor] = {}
+        for name in ("w_in", "w_hidden", "w_out"):
+            getattr(net, name).register_post_accumulate_grad_hook(self.grad_hook(name))
+        return net
+
+    def grad_hook(self, name: str):
+        def hook(p: torch.Tensor) -> None:
+            self.grads[name] = p.grad.detach().clone()
+
+        return hook
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        groups = optim.param_groups(model, self.cfg.optim)
+        decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        self.wd = {name: float(decay[id(p)]) for name, p in model.named_parameters()}
+        return groups
+
+    def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tc.batch_size == 0:
+            return self.x, self.y
+        rng = np.random.default_rng([self.cfg.run.seed, micro_index])
+        idx = torch.as_tensor(rng.choice(self.tc.n, self.tc.batch_size, replace=False), device=self.ctx.device)
+        return self.x[idx], self.y[idx]
+
+    def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
+        self.before = [p.detach().clone() for p in (self.net.w_in, self.net.w_hidden, self.net.w_out)]
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.tc.batch_size or self.tc.n
+
+    def write_charges(self, row: int) -> None:
+        net = self.net
+        charges = linear_charges(net.w_out, net.b_out) | quadratic_charges(net.w_in, net.w_hidden, net.w_out)
+        sizes = {"size_" + k: v for k, v in charge_sizes(net).items()}
+        net.record.write(row, **charges, **sizes)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        net = self.net
+        steps = [p - b for p, b in zip((net.w_in, net.w_hidden, net.w_out), self.before)]
+        kinetic = quadratic_charges(*steps)
+        net.record.write(step - 1, kinetic_scale=kinetic["scale"], kinetic_rescale=kinetic["rescale"])
+        if len(self.grads) == 3:
+            grads = quadratic_charges(self.grads["w_in"], self.grads["w_hidden"], self.grads["w_out"])
+            net.record.write(step - 1, grad_scale=grads["scale"], grad_rescale=grads["rescale"])
+        self.write_charges(step)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"val_loss": float(F.cross_entropy(model(self.x), self.y))}
+
+    def records(self, n: int) -> dict[str, np.ndarray]:
+        """The run's records for n steps: charges (n + 1 rows), kinetic and gradient terms (n rows)."""
+        rec = self.net.record
+        per_step = ("kinetic_scale", "kinetic_rescale", "grad_scale", "grad_rescale")
+        return {name: rec.numpy(name, n if name in per_step else n + 1) for name, _ in rec.named_buffers()}
+
+    def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
+        n = int(np.isfinite(self.net.record.numpy("scale", self.n_steps + 1)).sum()) - 1
+        rec = self.records(n)
+        sgd = sgd_settings(self.cfg, n)
+        out = law_checks(rec, sgd, self.wd, self.cfg.optim.grad_clip)
+        self.plot(rec, out["predicted"], sgd)
+        pred = out["predicted"]
+        return {
+            "prediction": {
+                "translation_bias_final": float(pred["translation_bias"][-1]),
+                "scale_final": float(pred["scale"][-1]),
+                "gamma": noether.damping(float(sgd.lrs[0]), sgd.momentum),
+            },
+            "observed": {
+                "translation_bias_final": float(rec["translation_bias"][-1]),
+                "scale_final": float(rec["scale"][-1]),
+                "final_loss": float(self.evaluate(model)["val_loss"]),
+            },
+            "checks": out["checks"],
+        }
+
+    def plot(self, rec: dict[str, np.ndarray], pred: dict[str, np.ndarray], sgd: SGDSettings) -> None:
+        run_dir, steps = self.ctx.run_dir, np.arange(len(rec["scale"]))
+        title = f"SGD lr {sgd.lrs[0]:g}, momentum {sgd.momentum:g}, weight decay {self.wd['w_in']:g}"
+        law_plots.plot_law(
+            run_dir / "translation.png",
+            steps,
+            rec["translation_weight"][:, :3],
+            pred["translation_weight"][:, :3],
+            pred["continuous_translation_weight"][:, :3] if "continuous_translation_weight" in pred else None,
+            "translation: column sums of W_out, " + title,
+            "sum over classes",
+            float(np.max(rec["size_translation_weight"])),
+            [f"neuron {i}" for i in range(3)],
+        )
+        law_plots.plot_law(
+            run_dir / "scale.png",
+            steps,
+            rec["scale"],
+            pred["scale"],
+            pred.get("continuous_scale"),
+            "scale: |W_in|^2 (layer-norm fed), " + title,
+            "|W_in|^2",
+            float(np.max(rec["size_scale"])),
+        )
+        law_plots.plot_law(
+            run_dir / "rescale.png",
+            steps,
+            rec["rescale"][:, :4],
+            pred["rescale"][:, :4],
+            pred["continuous_rescale"][:, :4] if "continuous_rescale" in pred else None,
+            "rescale: |W_out[:, i]|^2 - |W_hidden[i]|^2, " + title,
+            "charge",
+            float(np.max(rec["size_rescale"])),
+            [f"neuron {i}" for i in range(4)],
+        )
+        lrs = np.concatenate([sgd.lrs, sgd.lrs[-1:]])
+        law_plots.plot_series(
+            run_dir / "effective_lr.png",
+            steps,
+            {"lr / |W_in|^2 (run)": lrs / rec["scale"], "lr / |W_in|^2 (law, theory)": lrs / pred["scale"]},
+            "scale invariance: the effective step on the sphere\n" + title,
+            "step",
+            "effective learning rate",
+            logy=True,
+        )
