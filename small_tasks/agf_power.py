@@ -149,6 +149,12 @@ def class_shares(theta: torch.Tensor, blocks: int, basis: torch.Tensor, owner: t
     return (parts @ basis).square().sum(1) @ owner
 
 
+def _class_part(y: torch.Tensor, basis: torch.Tensor, owner: torch.Tensor, c: int) -> torch.Tensor:
+    """The part of the targets ``y`` (N, |G|) in class c's subspace."""
+    cols = basis[:, owner[:, c] > 0]
+    return y @ cols @ cols.T
+
+
 @torch.no_grad()
 def class_agf(
     x: torch.Tensor,
@@ -162,28 +168,34 @@ def class_agf(
     owner: torch.Tensor,
     threshold: float = 1.0,
     step_tol: float = 0.01,
+    learned: tuple[int, ...] = (),
+    t0: float = 0.0,
 ) -> ClassOnsets:
     """AGF for f(x) = W_out (W_in x)^power (W_in: (m, k |G|), W_out: (|G|, m)) on mean((f(x) - y)^2) under the
-    flow d theta_i/dt = -|theta_i|^norm_power grad_i L, up to flow time t_max, from these initial weights.
+    flow d theta_i/dt = -|theta_i|^norm_power grad_i L, from these weights at flow time t0 up to t_max.
 
     A neuron that reaches the threshold starts the class it is aligned with (the largest share of its
     weight), unless that class is already learned; the class's part of y leaves the residual, and the
-    dormant neurons with more than half their weight in it are absorbed by its fit."""
+    dormant neurons with more than half their weight in it are absorbed by its fit. Restarted from a run's
+    weights at a later time, ``learned`` names the classes already fitted (their part of y is out of the
+    residual) and the neurons already at half the threshold or more count as active."""
     x, y = x.double(), y.double()
     basis, owner = basis.double(), owner.double()
     blocks = power + 1
     flow = DormantFlow(w_in, w_out, power, norm_power, threshold)
-    residual, t, out = y.clone(), 0.0, ClassOnsets()
+    flow.dormant &= flow.lognorm < math.log(threshold / 2)
+    residual, t, out = y.clone(), t0, ClassOnsets()
+    for c in learned:
+        residual = residual - _class_part(y, basis, owner, c)
     while t < t_max and flow.dormant.any():
         t, joined = flow.run(x, residual, t, t_max, step_tol)
         if not len(joined):
             break
         for i in joined.tolist():
             c = int(class_shares(flow.direction[i : i + 1], blocks, basis, owner).argmax())
-            if c in out.onset:
+            if c in out.onset or c in learned:
                 continue
-            cols = basis[:, owner[:, c] > 0]
-            residual = residual - y @ cols @ cols.T
+            residual = residual - _class_part(y, basis, owner, c)
             shares = class_shares(flow.direction, blocks, basis, owner)
             absorb = flow.dormant & (shares.argmax(1) == c) & (shares.max(1).values > 0.5 * shares.sum(1))
             flow.dormant &= ~absorb

@@ -383,6 +383,7 @@ class ModularAdditionConfig:
     template_seed: int = 0
     width: int = 18
     init_scale: float = 1e-2  # U, V ~ init * N(0,1)/sqrt(2p), W ~ init * N(0,1)/sqrt(p)
+    restart_agf: bool = False  # keep the weights at logged steps; restart AGF from them after each level
 
 
 class ModularAdditionTask(GroupCompositionTask):
@@ -407,12 +408,18 @@ class ModularAdditionTask(GroupCompositionTask):
         for f, a in self.amplitudes.items():
             self.powers[f] = self.powers[tc.p - f] = a**2 / tc.p  # P = |x_hat|^2 / p per complex irrep
         self.template = groups.template_from_powers(self.group, self.powers, tc.template_seed, tc.phase)
+        self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # step -> weights, with restart_agf
 
     def build_model(self) -> nn.Module:
         p, tc = self.tc.p, self.tc
         model = PowerMLP(2 * p, tc.width, p, 2, tc.init_scale, in_fan=2 * p, out_fan=p)
         self.keep_init(model)
         return model
+
+    def step_metrics(self, model: nn.Module, step: int) -> dict[str, Any]:
+        if self.tc.restart_agf:
+            self.snapshots[step] = (model.W_in.detach().clone(), model.W_out.detach().clone())
+        return super().step_metrics(model, step)
 
     def initial_norm(self) -> float:
         """sqrt(2) * init: U and V rows carry init^2 / 2 each, a W row init^2."""
@@ -457,6 +464,73 @@ class ModularAdditionTask(GroupCompositionTask):
 
     def predicted_curve(self, pred: dict) -> tuple[list[float], list[float]] | None:
         return (pred["agf"]["staircase"]["steps"], pred["agf"]["staircase"]["levels"]) if "agf" in pred else None
+
+    def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
+        out = super().finish(model, history)
+        if self.tc.restart_agf and self.theory_applies():
+            out["agf_restarted"] = self.restarted_agf(history)
+        return out
+
+    def restarted_agf(self, history: list[dict]) -> dict[str, Any]:
+        """AGF restarted from the run's own weights at the first logged step where every frequency before the
+        next one in the predicted order has at most LEVEL_TOL of its share left: the step at which AGF then
+        starts the next frequency, the neuron that starts it, and that neuron's weight in it and in the
+        frequencies before it, at initialization and at the restart; and the largest part of the loss, at the
+        logged steps since the previous restart, in residual modes that are not functions of a + b
+        (``off_sum_loss``). A
+        diagnostic, not a check (it reads the run): AGF from the initial weights assumes the dormant neurons
+        come out of each drop as they went in, and sees a residual that is a function of a + b, against
+        which each neuron's frequencies grow independently; restarted after the drop it assumes neither, so
+        where the two differ, what happened during the drop moved the onset."""
+        logged = [r for r in history if "loss_by_irrep" in r and r["step"] in self.snapshots]
+        resid = np.array([[sum(r["loss_by_irrep"][i] for i in cls) for cls in self.classes] for r in logged])
+        share = np.array(self.class_powers()) / self.group.order
+        order = [c for grp in self.staircase()[1] for c in grp]
+        per_step, label = self.clock(), self.class_label
+        out: dict[str, Any] = {}
+        previous = 0
+        for n in range(1, len(order)):
+            done, nxt = order[:n], order[n]
+            at = next((j for j in range(len(logged)) if all(resid[j, c] <= LEVEL_TOL * share[c] for c in done)), None)
+            if at is None:
+                out[label(nxt)] = "the frequencies before it never reached their level"
+                continue
+            step = logged[at]["step"]
+            w_in, w_out = self.snapshots[step]
+            off_sum = max(self.off_sum_loss(*self.snapshots[r["step"]]) for r in logged if previous < r["step"] <= step)
+            previous = step
+            t_max, x = self.cfg.train.max_steps * per_step, self.x.flatten(1)
+            args = (x, self.y, w_in, w_out, self.k, 0.0, t_max, self.basis, self.owner)
+            run = agf_power.class_agf(*args, learned=tuple(done), t0=step * per_step)
+            found = {"restart_step": step, "max_off_sum_loss": float(f"{off_sum:.4g}")}
+            if nxt not in run.onset:
+                out[label(nxt)] = {**found, "onset_step": None}
+                continue
+            i = run.first[nxt]
+            out[label(nxt)] = {
+                **found,
+                "onset_step": round(run.onset[nxt] / per_step, 1),
+                "neuron": i,
+                "its_weight_at_init_and_restart": {
+                    label(c): [round(self.class_weight(w[0], w[1], i, c), 5) for w in (self.init, (w_in, w_out))]
+                    for c in [*done, nxt]
+                },
+            }
+        return out
+
+    @torch.no_grad()
+    def off_sum_loss(self, w_in: torch.Tensor, w_out: torch.Tensor) -> float:
+        """The part of the loss of these weights in residual modes that are not functions of a + b: the
+        residual minus its mean over the pairs with the same sum (the targets are functions of a + b)."""
+        err = (self.x.flatten(1) @ w_in.T).square() @ w_out.T - self.y
+        p, total = self.tc.p, self.seqs.sum(1) % self.tc.p
+        mean = torch.zeros(p, p, dtype=err.dtype, device=err.device).index_add_(0, total, err) / (len(err) / p)
+        return float((err - mean[total]).square().mean())
+
+    def class_weight(self, w_in: torch.Tensor, w_out: torch.Tensor, i: int, c: int) -> float:
+        """The norm of neuron i's weights (its row of U and V, its column of W) in class c's subspace."""
+        theta = torch.cat([w_in[i : i + 1], w_out[:, i : i + 1].T], 1).double()
+        return float(agf_power.class_shares(theta, self.k + 1, self.basis.double(), self.owner.double())[0, c]) ** 0.5
 
     def checks(
         self,
