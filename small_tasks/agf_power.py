@@ -16,7 +16,9 @@ alternating phases:
   the active set and the active set minimises the loss. ``class_agf`` takes that minimum in closed form:
   the class of irreps the neuron is aligned with is fitted exactly (its share of the residual goes to 0,
   the plateau the theory predicts), together with the dormant neurons aligned with that class, which
-  grow with its drop and join its fit. Dormant neurons keep their direction and norm across phases.
+  grow with its drop and join its fit. Dormant neurons keep their direction and norm across phases: an
+  assumption that fails where a drop is slow and its residual grows them (modular addition's
+  ``restarted_agf`` measures it).
 
 It starts from the run's own initial weights, so it predicts that run: when each class starts to drop.
 Flow time converts to optimizer steps as steps = t * (1 - momentum) / lr.
