@@ -477,11 +477,11 @@ class ModularAdditionTask(GroupCompositionTask):
         starts the next frequency, the neuron that starts it, and that neuron's weight in it and in the
         frequencies before it, at initialization and at the restart; and the largest part of the loss, at the
         logged steps since the previous restart, in residual modes that are not functions of a + b
-        (``off_sum_loss``). A
-        diagnostic, not a check (it reads the run): AGF from the initial weights assumes the dormant neurons
-        come out of each drop as they went in, and sees a residual that is a function of a + b, against
-        which each neuron's frequencies grow independently; restarted after the drop it assumes neither, so
-        where the two differ, what happened during the drop moved the onset."""
+        (``off_sum_loss``). A diagnostic, not a check (it reads the run): AGF from the initial weights
+        assumes the dormant neurons come out of each drop as they went in, and sees a residual that is a
+        function of a + b, against which each neuron's frequencies grow independently; restarted after the
+        drop it assumes neither, so where the two differ, what happened during the drop moved the onset.
+        The weights are kept in memory, so a resumed run restarts from the steps since it resumed only."""
         logged = [r for r in history if "loss_by_irrep" in r and r["step"] in self.snapshots]
         resid = np.array([[sum(r["loss_by_irrep"][i] for i in cls) for cls in self.classes] for r in logged])
         share = np.array(self.class_powers()) / self.group.order
@@ -537,7 +537,9 @@ class ModularAdditionTask(GroupCompositionTask):
     def growth_by_residual(self, i: int, c: int, steps: list[int]) -> dict[str, float]:
         """How much neuron i's weight in class c grew over the logged ``steps`` (ln of the ratio), and the
         parts of it that the residual's function of a + b and its rest drove: the rate d ln|theta_c|/dt =
-        theta_c . g_c / |theta_c|^2, g = -grad L from each part, at each interval's start times its flow time.
+        theta_c . g_c / |theta_c|^2, g = -grad L from each part, at each interval's start times its flow time;
+        and the rest's part again for the neuron cut down to its weights in c (what the rest does to a
+        neuron with nothing in the other classes).
         The sum resolves the growth only as finely as the log does: the two parts against the observed growth
         say how well (within 10% on the reference runs, logged every 100 steps; not during the few-hundred-step
         drops at 5x the learning rate)."""
@@ -547,14 +549,22 @@ class ModularAdditionTask(GroupCompositionTask):
         def part(theta: torch.Tensor) -> torch.Tensor:  # (3p,) -> its coordinates in class c, per block
             return (theta.reshape(-1, p) @ cols).flatten()
 
-        out = {"a+b": 0.0, "rest": 0.0}
+        def rate(u: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> float:  # d ln|theta_c|/dt driven by r
+            h = x @ u
+            g = torch.cat([(4 / n) * (h * (r @ w)) @ x, (2 / n) * (h * h) @ r])
+            theta = part(torch.cat([u, w]))
+            return float(theta @ part(g) / theta.square().sum())
+
+        out = {"a+b": 0.0, "rest": 0.0, "rest_on_its_part_in_c_alone": 0.0}
+        proj = cols @ cols.T
         for s0, s1 in zip(steps[:-1], steps[1:]):
             w_in, w_out = self.snapshots[s0]
-            h = x @ w_in[i]
-            theta = part(torch.cat([w_in[i], w_out[:, i]]))
-            for name, r in zip(out, self.split_residual(w_in, w_out)):
-                g = torch.cat([(4 / n) * (h * (r @ w_out[:, i])) @ x, (2 / n) * (h * h) @ r])
-                out[name] += float(theta @ part(g) / theta.square().sum()) * (s1 - s0) * self.clock()
+            u, w = w_in[i], w_out[:, i]
+            along, rest = self.split_residual(w_in, w_out)
+            dt = (s1 - s0) * self.clock()
+            out["a+b"] += rate(u, w, along) * dt
+            out["rest"] += rate(u, w, rest) * dt
+            out["rest_on_its_part_in_c_alone"] += rate((u.reshape(-1, p) @ proj).flatten(), proj @ w, rest) * dt
         first, last = (self.class_weight(*self.snapshots[s], i, c) for s in (steps[0], steps[-1]))
         return {"observed": round(math.log(last / first), 3), **{k: round(v, 3) for k, v in out.items()}}
 
