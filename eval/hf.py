@@ -48,7 +48,7 @@ def import_run(src: str, out_run: str | Path) -> Path:
                 "n_embd": c.n_embd,
                 "block_size": c.block_size,
                 "vocab_size": c.vocab_size,
-                "mlp": "gelu",
+                "mlp": c.mlp,
             },
             "symmetry": {"mode": "symmetric"},
             "data": {"tokenizer": "gpt2"},
