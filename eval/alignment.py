@@ -324,6 +324,7 @@ def plot_positional(out: Path, direction: str, positional: np.ndarray) -> list[P
     im = ax.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="none")
     ax.set_xlabel("position")
     ax.set_ylabel("layer")
+    ax.set_yticks(range(L))
     fig.colorbar(im, ax=ax, label=f"cos(wpe W_k, {direction}), mean over heads")
     ax.set_title("positional alignment (the paper's statistic: no LayerNorm, no key bias)")
     heatmap = out / "positional_heatmap.png"

@@ -187,10 +187,11 @@ def test_modern_configs_take_half_a_million_tokens_per_step():
 
 def test_builders_honour_the_config():
     model = torch.nn.Linear(4, 4)
-    cfg = optim.config("soap", lr=0.5, precondition_frequency=3, max_precond_dim=2)
+    cfg = optim.config("soap", lr=0.5, precondition_frequency=3, max_precond_dim=2, original=True)
     opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
     g = opt.param_groups[0]
     assert (g["lr"], g["base_lr"], g["precondition_frequency"], g["max_precond_dim"]) == (0.5, 0.5, 3, 2)
+    assert g["original"]
     cfg = optim.config("ecd", lr=0.5, eta=9.0, f0=-1.0, nu=0.1, per_tensor=True, noise_seed=5)
     opt = optim.build_optimizer(optim.param_groups(model, cfg), cfg)
     assert (opt.eta, opt.f0, opt.nu, opt.per_tensor, opt.noise_seed) == (9.0, -1.0, 0.1, True, 5)
