@@ -223,6 +223,7 @@ RESUME_MAY_CHANGE = {
         "dir",
         "resume",
         "checkpoint",
+        "init_from",
         "overwrite",
         "device",
         "compile",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,10 @@ class SharedUserError(UserError):
 def setup_context(cfg: Config) -> Context:
     """Read torchrun's environment, pick the device and start the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if "ACCELERATE_MIXED_PRECISION" in os.environ and "WORLD_SIZE" not in os.environ and "MASTER_ADDR" in os.environ:
+        # accelerate's simple launcher: --num_processes N without --multi_gpu starts this one process only
+        print("note: accelerate launch started one process; add --multi_gpu to start --num_processes of them",
+              file=sys.stderr, flush=True)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want = cfg.run.device

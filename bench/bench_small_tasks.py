@@ -45,7 +45,8 @@ def bare(steps: int, threads: int = 1) -> float:
 
 
 def trainer(steps: int, overrides: list[str]) -> float:
-    args = ["--run.dir=" + tempfile.mkdtemp(), "--run.name=bench", f"--train.max_steps={steps}", "--eval.interval=-1"]
+    args = ["--run.dir=" + tempfile.mkdtemp(), "--run.name=bench", f"--train.max_steps={steps}"]
+    args.append("--eval.at_start=false")
     cfg = load_config(CONFIG, args + ["--run.threads=1"] + overrides)
     return Trainer(cfg).run()["wall_s"] / steps
 

@@ -27,6 +27,7 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.toml"
 MLPS = ("prelu", "gelu", "gelu_exact")  # model.mlp: the MLP activation
 MODES = ("symmetric", "bq", "bqbv", "bv")  # symmetry.mode: which unlearned attention biases are drawn
+TOKENIZERS = ("byte", "gpt2", "bpe")  # data.tokenizer (and what a dataset's meta.json may name)
 
 
 class UserError(Exception):
@@ -91,6 +92,21 @@ def non_negative(section: str, **values: float) -> None:
         require(math.isfinite(v) and v >= 0, f"{section}.{key} must be >= 0, got {v}")
 
 
+def at_least(section: str, minimum: int, **values: int) -> None:
+    for key, v in values.items():
+        require(v >= minimum, f"{section}.{key} must be >= {minimum}, got {v}")
+
+
+def fraction(section: str, **values: float) -> None:
+    for key, v in values.items():
+        require(math.isfinite(v) and 0 <= v < 1, f"{section}.{key} must be in [0, 1), got {v}")
+
+
+def finite(section: str, **values: float) -> None:
+    for key, v in values.items():
+        require(math.isfinite(v), f"{section}.{key} must be a finite number, got {v}")
+
+
 def one_of(section: str, key: str, value: str, options: tuple[str, ...]) -> None:
     require(value in options, f"unknown {section}.{key} '{value}'; use one of: {', '.join(options)}")
 
@@ -102,6 +118,7 @@ class RunConfig:
     seed: int = 1337
     resume: bool = False  # continue from the latest good checkpoint in the run dir
     checkpoint: str = ""  # resume from this checkpoint file instead of the latest
+    init_from: str = ""  # a new run from these weights (a checkpoint file or a run dir): fresh optimizer
     overwrite: bool = False  # allow starting a fresh run in a non-empty run dir
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
@@ -111,8 +128,16 @@ class RunConfig:
     threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
 
     def check(self) -> None:
+        name = Path(self.name)
+        ok = self.name.strip() != "" and not name.is_absolute() and ".." not in name.parts and name != Path(".")
+        require(ok, f"run.name must name a folder inside run.dir, got {self.name!r}; pass --run.name=NAME")
+        require(self.dir.strip() != "", "run.dir must not be empty; pass --run.dir=PATH (default runs)")
+        device = self.device.split(":")[0]
+        good_device = device in ("auto", "cpu", "cuda", "mps") and (device == self.device or self.device[5:].isdigit())
+        require(good_device, f"unknown run.device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
         one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
         one_of("run", "wandb", self.wandb, ("disabled", "offline", "online"))
+        at_least("run", 0, threads=self.threads)
 
 
 @dataclass
@@ -131,6 +156,11 @@ class ModelConfig:
 
     def check(self) -> None:
         one_of("model", "mlp", self.mlp, MLPS)
+        at_least("model", 1, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size)
+        at_least("model", 0, vocab_size=self.vocab_size)
+        fraction("model", dropout=self.dropout)
+        finite("model", prelu_mean=self.prelu_mean)
+        non_negative("model", prelu_std=self.prelu_std)
 
 
 @dataclass
@@ -150,6 +180,8 @@ class SymmetryConfig:
 
     def check(self) -> None:
         one_of("symmetry", "mode", self.mode, MODES)
+        finite("symmetry", q_mean=self.q_mean, v_mean=self.v_mean, k_mean=self.k_mean)
+        non_negative("symmetry", q_std_min=self.q_std_min, q_std_max=self.q_std_max, v_std=self.v_std, k_std=self.k_std)
 
 
 @dataclass
@@ -169,6 +201,9 @@ class OptimConfig:
     def check(self) -> None:
         one_of("optim", "schedule", self.schedule, ("cosine", "constant", "linear"))
         one_of("optim", "decay", self.decay, ("matrices", "matrices_and_embeddings", "all"))
+        non_negative("optim", lr=self.lr, grad_clip=self.grad_clip)
+        at_least("optim", 0, warmup_steps=self.warmup_steps)
+        require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -176,7 +211,12 @@ class DataConfig:
     name: str = "builtin"  # builtin | a prepared dataset folder name under data.root
     path: str = ""  # a folder of token shards (*train*.bin / *val*.bin); overrides name
     root: str = "data/prepared"  # where prepared datasets live
-    tokenizer: str = "byte"  # used when the builtin corpus has to be prepared
+    # The dataset's meta.json names its tokenizer. Set this for the builtin corpus (byte if unset) or for
+    # shards made elsewhere that have no meta.json (llm.c's GPT-2 shards: gpt2).
+    tokenizer: str = ""
+
+    def check(self) -> None:
+        one_of("data", "tokenizer", self.tokenizer, ("", *TOKENIZERS))
 
 
 @dataclass
@@ -198,6 +238,11 @@ class TrainConfig:
 
     def check(self) -> None:
         one_of("train", "on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        at_least("train", 1, max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum)
+        at_least("train", 1, log_interval=self.log_interval)
+        at_least("train", 0, max_tokens=self.max_tokens, checkpoint_interval=self.checkpoint_interval)
+        at_least("train", 0, keep_checkpoints=self.keep_checkpoints, max_skips=self.max_skips)
+        non_negative("train", peak_flops=self.peak_flops)
         require(
             self.sync_interval >= 1 and (self.sync_interval == 1 or self.on_nonfinite == "stop"),
             "train.sync_interval must be >= 1, and 1 when train.on_nonfinite=skip; fix one of them",
@@ -207,12 +252,17 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     interval: int = 100  # validate every N steps (and at the end); 0: only at the end
+    at_start: bool = True  # validate before the first step too (a fresh run; a resumed one has it)
     tokens: int = 65536  # validation token budget
     batch_size: int = 0  # 0: the training micro-batch size
     sample_tokens: int = 200  # length of the sample printed at the end (0: none)
     sample_prompt: str = "The "
     logic: bool = False  # run the logic suite at each validation
     logic_n: int = 20
+
+    def check(self) -> None:
+        at_least("eval", 0, interval=self.interval, batch_size=self.batch_size, sample_tokens=self.sample_tokens)
+        at_least("eval", 1, tokens=self.tokens, logic_n=self.logic_n)
 
 
 @dataclass
@@ -233,6 +283,28 @@ SECTIONS = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("in
 # Where else a key lives, for the error of a key given in the wrong place: filled in by the components
 # that own sub-tables (optim/ registers each optimizer's knobs), read only to word the message.
 KEY_OWNERS: dict[str, dict[str, list[str]]] = {"optim": {}}
+# Names people type for a key that has another name here: the error names the real one.
+ALIASES = {
+    "optim": {
+        "learning_rate": "lr", "optimizer": "name", "lr_schedule": "schedule", "warmup": "warmup_steps",
+        "clip": "grad_clip", "grad_norm_clip": "grad_clip", "max_grad_norm": "grad_clip",
+    },
+    "train": {
+        "steps": "max_steps", "num_steps": "max_steps", "iters": "max_steps", "max_iters": "max_steps",
+        "micro_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum", "accumulation": "grad_accum",
+        "tokens": "max_tokens",
+    },
+    "model": {
+        "layers": "n_layer", "num_layers": "n_layer", "n_layers": "n_layer", "heads": "n_head", "n_heads": "n_head",
+        "num_heads": "n_head", "d_model": "n_embd", "hidden_size": "n_embd", "context_length": "block_size",
+        "seq_len": "block_size", "n_ctx": "block_size", "max_seq_len": "block_size",
+    },
+    "run": {"output_dir": "dir", "out_dir": "dir", "run_name": "name"},
+    "symmetry": {"type": "mode", "breaking": "mode"},
+}
+# Keys that say the same thing two ways: the one given later (a child config over its parent, the command
+# line over a file) replaces the other; both given at the same level is an error that names them.
+EXCLUSIVE = {"train": [("max_steps", "max_tokens")]}
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -278,7 +350,10 @@ def unknown_key(section: str, key: str, names: list[str], preferred: Any = None)
         return UserError(
             f"'{section}.{key}' belongs in {tables}, not in [{section}]; write --{section}.{owner}.{key}=..."
         )
-    return UserError(f"unknown config key '{section}.{key}'; did you mean '{section}.{_closest(key, names)}'?")
+    alias = ALIASES.get(section, {}).get(key)
+    return UserError(
+        f"unknown config key '{section}.{key}'; did you mean '{section}.{alias or _closest(key, names)}'?"
+    )
 
 
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
@@ -349,7 +424,16 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` over ``base``, tables merged key by key at every depth."""
+    """``extra`` over ``base``, tables merged key by key at every depth; of two keys that say the same
+    thing (``EXCLUSIVE``), the one ``extra`` gives replaces the one ``base`` gave."""
+    base = dict(base)
+    for section, groups in EXCLUSIVE.items():
+        later, earlier = extra.get(section), base.get(section)
+        if not isinstance(later, dict) or not isinstance(earlier, dict):
+            continue
+        for group in groups:
+            if any(k in later for k in group):
+                base[section] = {k: v for k, v in earlier.items() if k not in group or k in later}
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -357,6 +441,19 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def check_exclusive(layer: dict[str, Any], where: str) -> None:
+    """One file, or the command line, may not set two keys of an ``EXCLUSIVE`` group (0 means unset)."""
+    for section, groups in EXCLUSIVE.items():
+        table = layer.get(section)
+        if not isinstance(table, dict):
+            continue
+        for group in groups:
+            given = [k for k in group if k in table and plain(table[k]) not in (0, None)]
+            if len(given) > 1:
+                keys = " and ".join(f"{section}.{k}" for k in given)
+                raise UserError(f"{where} sets both {keys}, which say the same thing; keep only one of them")
 
 
 def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -367,6 +464,7 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file '{path}' is not valid TOML ({e}); fix the syntax") from None
+    check_exclusive(data, f"'{path}'")
     inherit = data.pop("inherit", None)  # a config may build on another, relative to itself
     if inherit is not None:
         if not isinstance(inherit, str) or not inherit:
@@ -417,7 +515,9 @@ def check_optimizer_overrides(cfg: Config) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data = read_toml(path or DEFAULT_CONFIG)
-    cfg = from_dict(merge(data, parse_overrides(overrides or [])))
+    cli = parse_overrides(overrides or [])
+    check_exclusive(cli, "the command line")
+    cfg = from_dict(merge(data, cli))
     check_optimizer_overrides(cfg)
     return cfg
 

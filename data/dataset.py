@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from data.shards import find_shards
 from data.tokenizer import GPT2_VOCAB, Tokenizer, get_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # a run dir's copy of its dataset's meta.json and tokenizer file
+DATA_RECORD = "data.json"  # a run dir's record of the dataset it trained on: its folder and fingerprint
 
 
 @dataclass
@@ -30,6 +32,23 @@ class Dataset:
         except ValueError as e:
             raise UserError(f"{split} split of '{self.folder}': {e}") from None
 
+    def fingerprint(self) -> str:
+        """What the data is, not where: sha256 over meta.json, every shard's name and size, and the
+        validation shards' bytes (what evaluation reads; the training shards are too big to hash)."""
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        for split in ("train", "val"):
+            for f in find_shards(self.folder, split):
+                h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+                if split == "val":
+                    with open(f, "rb") as fh:
+                        for chunk in iter(lambda: fh.read(1 << 22), b""):
+                            h.update(chunk)
+        return h.hexdigest()
+
+    def record(self) -> dict[str, str]:
+        """The run dir's record of this dataset (``data.json``)."""
+        return {"folder": str(self.folder.resolve()), "fingerprint": self.fingerprint()}
+
     def save_tokenizer(self, dest: Path) -> None:
         """Copy what ``load_tokenizer`` needs (meta.json and a trained tokenizer's file) into ``dest``."""
         dest.mkdir(parents=True, exist_ok=True)
@@ -39,11 +58,24 @@ class Dataset:
             shutil.copyfile(self.folder / file, dest / file)
 
 
-def load_meta(folder: Path) -> dict[str, Any]:
-    """meta.json, or GPT-2 defaults for shards made elsewhere (llm.c / modded-nanogpt fineweb shards)."""
+def load_meta(folder: Path, tokenizer: str = "") -> dict[str, Any]:
+    """meta.json; a folder without one (shards made elsewhere, e.g. llm.c's GPT-2 fineweb shards) only
+    when ``tokenizer`` names what its tokens are, since nothing else can tell."""
     path = folder / "meta.json"
     if not path.exists():
-        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB, "source": "external"}
+        if not list(folder.glob("*.bin")):
+            raise UserError(f"'{folder}' holds no token shards (*.bin); prepare a dataset with python -m data.prepare")
+        if tokenizer == "gpt2":
+            return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB, "source": "external"}
+        if tokenizer:
+            raise UserError(
+                f"'{folder}' has no meta.json, which a {tokenizer} tokenizer needs; "
+                "re-create the dataset with python -m data.prepare"
+            )
+        raise UserError(
+            f"'{folder}' has no meta.json: an interrupted python -m data.prepare (run it again with --overwrite), or "
+            "shards made elsewhere: name their tokenizer, e.g. --data.tokenizer=gpt2 for llm.c's GPT-2 shards"
+        )
     try:
         meta = json.loads(path.read_text())
     except ValueError:
@@ -70,11 +102,12 @@ def resolve_folder(cfg: DataConfig, ctx: Any = None) -> Path:
     if cfg.path:
         return Path(cfg.path)
     if cfg.name == "builtin":
-        folder = Path(cfg.root) / f"builtin-{cfg.tokenizer}"
+        tokenizer = cfg.tokenizer or "byte"
+        folder = Path(cfg.root) / f"builtin-{tokenizer}"
         is_main = ctx is None or ctx.is_main
         if is_main and not (folder / "meta.json").exists():
             print(f"preparing the built-in corpus into {folder} (once)", flush=True)
-            prepare_builtin(folder, cfg.tokenizer)
+            prepare_builtin(folder, tokenizer)
         if ctx is not None:
             ctx.barrier()
         return folder
@@ -91,5 +124,9 @@ def open_dataset(cfg: DataConfig, ctx: Any = None) -> Dataset:
     folder = resolve_folder(cfg, ctx)
     if not folder.is_dir():
         raise UserError(f"data folder '{folder}' not found; set --data.path to a folder of token shards")
-    meta = load_meta(folder)
+    meta = load_meta(folder, cfg.tokenizer)
+    if cfg.tokenizer and meta["tokenizer"] != cfg.tokenizer:
+        raise UserError(
+            f"data.tokenizer is {cfg.tokenizer} but '{folder}' holds {meta['tokenizer']} tokens; drop the setting"
+        )
     return Dataset(folder, meta, load_tokenizer(folder, meta))

@@ -15,7 +15,11 @@ our encoders keep it as text (pass ``split_special_tokens=True`` to get ours).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
 
 from configs import UserError
 from data.tokenizer import Tokenizer
@@ -81,15 +85,13 @@ def _gpt2(enc: Any) -> Any:
 
 def to_hf(tok: Tokenizer, max_length: int | None = None) -> Any:
     """A ``transformers.PreTrainedTokenizerFast`` that encodes text to the same ids as ``tok``."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # an optional dependency: the [hf] extra
 
     if tok.name == "byte":
         backend = _byte_level({c: i for i, c in enumerate(byte_characters())}, [])
     elif tok.name == "gpt2":
         backend = _gpt2(tok.backend)
     elif tok.name == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
         backend = HFTokenizer.from_str(tok.backend.to_str())  # a copy: the special token is added below
     else:
         raise UserError(f"no Hugging Face form for tokenizer '{tok.name}'")
@@ -102,3 +104,16 @@ def to_hf(tok: Tokenizer, max_length: int | None = None) -> Any:
     if max_length:
         hf.model_max_length = max_length
     return hf
+
+
+def save_hf(tok: Tokenizer, out_dir: str | Path, max_length: int | None = None) -> None:
+    """``to_hf(tok)`` saved into ``out_dir``, loadable by transformers 4.x and 5.x alike.
+
+    transformers 5 records its fast tokenizer as class ``TokenizersBackend``, which 4.x does not know;
+    ``PreTrainedTokenizerFast`` is the same class under the name both versions read.
+    """
+    to_hf(tok, max_length).save_pretrained(out_dir)
+    path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")

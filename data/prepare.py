@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -32,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from configs import ArgumentParser, UserError, command
+from configs import TOKENIZERS, ArgumentParser, UserError, command
 from data.shards import dtype_for_vocab, write_shard
 from data.sources import Piece, Source, resolve_source
-from data.tokenizer import BPE_FILE_NAME, TOKENIZERS, Tokenizer, get_tokenizer, train_bpe
+from data.tokenizer import BPE_FILE_NAME, Tokenizer, get_tokenizer, train_bpe
 
 SHARD_TOKENS = 100_000_000  # llm.c's shard size: 200 MB of uint16
 CHUNK_CHARS = 1 << 20  # text per worker task: amortizes the hand-off, keeps memory small
@@ -203,16 +204,35 @@ class Splitter:
 # --- the whole preparation ----------------------------------------------------------------------
 
 
-def clear_output(out: Path, overwrite: bool) -> None:
+def partial_folder(out: Path) -> Path:
+    """Where a preparation writes until it is complete: nothing in ``out`` changes before that."""
+    return out.with_name(out.name + ".partial")
+
+
+def start_output(out: Path, overwrite: bool) -> Path:
+    """Check that ``out`` may be written and return an empty partial folder beside it."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; choose a folder")
-    named = (out / "meta.json", out / BPE_FILE_NAME)
-    old = [*out.glob("*.bin"), *out.glob("*.bin.tmp"), *(p for p in named if p.exists())]
-    if old and not overwrite:
-        raise UserError(f"'{out}' already holds a dataset ({len(old)} files); pass --overwrite to replace it")
-    for p in old:
-        p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"'{out}' is not empty; pass --overwrite to replace it, or choose another --out")
+    tmp = partial_folder(out)
+    if tmp.exists():  # left by an interrupted run: never a dataset
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create '{tmp}' ({e.strerror}); choose another --out") from None
+    return tmp
+
+
+def finish_output(tmp: Path, out: Path) -> None:
+    """Put the complete dataset in place of ``out`` (the old one, with --overwrite, goes only then)."""
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def bpe_sample(source: Source, chars: int, val_every: int) -> Iterator[str]:
@@ -252,16 +272,16 @@ def prepare(
     if shard_tokens < 1 or workers < 1 or max_tokens < 0 or val_tokens < 0:
         raise UserError("--shard_tokens and --workers must be positive, --max_tokens and --val_tokens not negative")
     out = Path(out)
-    clear_output(out, overwrite)
+    tmp = start_output(out, overwrite)
     bpe_file = bpe_file or os.environ.get("GPT2_BPE_FILE")
     tokenizer_file = None
     if tokenizer == "bpe":
-        tokenizer_file = str(out / BPE_FILE_NAME)
+        tokenizer_file = str(tmp / BPE_FILE_NAME)
         print(f"training a {vocab_size}-token BPE on up to {bpe_sample_chars:,} characters", file=sys.stderr)
         tok = train_bpe(bpe_sample(source, bpe_sample_chars, val_every), vocab_size, tokenizer_file)
     else:
         tok = get_tokenizer(tokenizer, bpe_file)
-    writers = {s: SplitWriter(out, source.prefix, s, tok.vocab_size, shard_tokens) for s in ("train", "val")}
+    writers = {s: SplitWriter(tmp, source.prefix, s, tok.vocab_size, shard_tokens) for s in ("train", "val")}
     splitter = Splitter(writers, val_every, val_tokens, max_tokens)
     t0 = time.time()
     with worker_pool(workers, tok, (tok.name, bpe_file, tokenizer_file)) as pool:
@@ -306,9 +326,10 @@ def prepare(
         "max_tokens": max_tokens,
         "shard_tokens": shard_tokens,
         "text_sha256": splitter.sha.hexdigest(),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(time.time() - t0, 3),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks a complete dataset
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks a complete dataset
+    finish_output(tmp, out)
     return meta
 
 
@@ -391,14 +412,15 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except KeyboardInterrupt:
-        print("interrupted: the output folder holds no meta.json; run again with --overwrite", file=sys.stderr)
+        print("interrupted: nothing was written to the output folder; run the command again", file=sys.stderr)
         return 130
     tokens, shards = meta["tokens"], meta["shards"]
-    rate = (tokens["train"] + tokens["val"]) / max(meta["seconds"], 1e-9)
+    seconds = meta["seconds"]
+    rate = f", {(tokens['train'] + tokens['val']) / seconds / 1e6:.2f}M tokens/s" if seconds >= 0.05 else ""
     print(
         f"wrote {out}: train {tokens['train']:,} tokens in {shards['train']} shard(s), "
         f"val {tokens['val']:,} tokens in {shards['val']} shard(s), {meta['tokenizer']} vocabulary "
-        f"{meta['vocab_size']:,}, {meta['seconds']:.0f}s ({rate / 1e6:.2f}M tokens/s)"
+        f"{meta['vocab_size']:,}, {seconds:.1f}s{rate}"
     )
     print(f"train on it: python train.py --data.path={out}")
     return 0

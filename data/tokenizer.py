@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from configs import UserError
+from configs import TOKENIZERS, UserError
 
-TOKENIZERS = ("byte", "gpt2", "bpe")
 BPE_FILE_NAME = "tokenizer.json"  # a trained BPE, saved beside the shards
 GPT2_VOCAB = 50257
 GPT2_MERGES = 50256  # ranks in a GPT-2 ranks file (every token but end-of-text)
@@ -46,6 +45,14 @@ class Tokenizer:
     decode: Callable[[list[int]], str]
     encode_array: Callable[[str], np.ndarray]  # the same ids as ``encode``, without a Python list
     backend: Any = None  # gpt2: the tiktoken Encoding; bpe: the tokenizers.Tokenizer (for Hugging Face export)
+
+
+def fixed_vocabulary(name: str) -> tuple[int, int]:
+    """(vocabulary size, end-of-text id) of a tokenizer whose vocabulary is fixed, without loading it."""
+    sizes = {"byte": (257, 256), "gpt2": (GPT2_VOCAB, GPT2_VOCAB - 1)}
+    if name not in sizes:
+        raise UserError(f"tokenizer '{name}' has no fixed vocabulary; use one of: {', '.join(sizes)}")
+    return sizes[name]
 
 
 def byte_tokenizer() -> Tokenizer:

@@ -430,7 +430,7 @@ def evaluate_items(
     was_training = model.training
     model.eval()
     try:
-        scores = score_tokens(model, seqs, starts, cfg.vocab_size, cfg.block_size, device, biases, batch_size)
+        scores = score_tokens(model, seqs, starts, cfg.vocab_size, cfg.block_size, device, biases, batch_size, progress)
     finally:
         model.train(was_training)
     by_role: dict[tuple[str, str, str], list[TokenScores]] = {}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from configs import MODES, ArgumentParser, UserError, command
 
@@ -440,7 +441,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, title: str = "Run 
     """Read the runs, write report.md, report.json and the plots into ``out``; returns the markdown's path."""
     if not run_dirs:
         raise UserError("no run dirs given; pass one or more folders written by train.py")
-    records = [read_run(d) for d in run_dirs]
+    records = [read_run(d) for d in tqdm(run_dirs, desc="reading runs", unit="run", file=sys.stderr, leave=False)]
     groups = cells(records)
     found = effects(groups)
     out = Path(out)

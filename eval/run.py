@@ -1,15 +1,20 @@
-"""Load a trained model (and its tokenizer) back from a run dir, for evaluation tools."""
+"""Load a trained model (and its tokenizer) back from a run dir, for evaluation tools.
+
+A run dir is only read here, never written: the tokenizer comes from the run's own copy, and the data
+from the record of what the run trained on (``data.json``), checked by its fingerprint.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from checkpoints import list_checkpoints, load_checkpoint
-from configs import Config, UserError, from_dict
-from data.dataset import TOKENIZER_DIR, load_meta, load_tokenizer, open_dataset
+from configs import Config, DataConfig, UserError, from_dict
+from data.dataset import DATA_RECORD, TOKENIZER_DIR, Dataset, load_meta, load_tokenizer, open_dataset
 from data.tokenizer import Tokenizer
 from model import GPT
 from optim import upgrade_config
@@ -64,3 +69,34 @@ def load_run(
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, model, tokenizer, path)
+
+
+def run_dataset(run: LoadedRun, data: str | Path | None = None) -> Dataset:
+    """The data to evaluate ``run`` on: the dataset it trained on, which must still be there and the same
+    (its fingerprint), or the folder ``data`` when given, whose tokens must be the run's."""
+    cfg = run.config.data
+    if data:
+        dataset = open_dataset(DataConfig(path=str(data), tokenizer=cfg.tokenizer))
+        theirs, ours = dataset.tokenizer, run.tokenizer
+        if (theirs.name, theirs.vocab_size) != (ours.name, ours.vocab_size):
+            raise UserError(
+                f"'{data}' holds {theirs.name} tokens (vocabulary {theirs.vocab_size}) but the run's tokenizer is "
+                f"{ours.name} ({ours.vocab_size}); pass a dataset prepared with the run's tokenizer"
+            )
+        return dataset
+    record = run.run_dir / DATA_RECORD
+    if not record.exists():  # a run from before the record: its config names the data
+        return open_dataset(cfg)
+    recorded = json.loads(record.read_text())
+    folder = Path(recorded["folder"])
+    if not folder.is_dir():
+        raise UserError(
+            f"the data this run trained on, '{folder}', is gone; pass --data PATH to evaluate on another dataset"
+        )
+    dataset = open_dataset(DataConfig(path=str(folder), tokenizer=cfg.tokenizer))
+    if dataset.fingerprint() != recorded["fingerprint"]:
+        raise UserError(
+            f"'{folder}' no longer holds the data this run trained on (its fingerprint differs); "
+            "pass --data PATH to evaluate on what is there, or on another dataset"
+        )
+    return dataset

@@ -14,11 +14,11 @@ import sys
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command, resolve_device
-from data.dataset import open_dataset
 from data.loader import TokenStream
-from eval.run import load_run
+from eval.run import LoadedRun, load_run, run_dataset
 from runtime import Context, to_device
 
 DEFAULT_TOKENS = 10 * 1024 * 1024  # 10,485,760: the budget used for the 124M runs
@@ -30,12 +30,15 @@ def windows(stream: TokenStream, tokens: int) -> int:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, stream: TokenStream, tokens: int, ctx: Context) -> float:
+def validation_loss(
+    model: nn.Module, stream: TokenStream, tokens: int, ctx: Context, progress: bool = False
+) -> float:
     """Mean loss over the first ``windows(stream, tokens)`` windows, split across the ranks of ``ctx``."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
-    for m in range(ctx.rank, windows(stream, tokens), ctx.world_size):
+    mine = range(ctx.rank, windows(stream, tokens), ctx.world_size)
+    for m in tqdm(mine, desc="validation", unit="batch", disable=not progress, file=sys.stderr, leave=False):
         x, y = stream.batch(m)
         with ctx.autocast():
             _, loss = model(to_device(x, ctx.device), to_device(y, ctx.device))
@@ -46,18 +49,27 @@ def validation_loss(model: nn.Module, stream: TokenStream, tokens: int, ctx: Con
     return float(total[0] / total[1])
 
 
-def run_validation_loss(run, tokens: int = DEFAULT_TOKENS, batch_size: int = 0, device: str = "cpu") -> dict:
+def run_validation_loss(
+    run: LoadedRun,
+    tokens: int = DEFAULT_TOKENS,
+    batch_size: int = 0,
+    device: str = "cpu",
+    data: str | None = None,
+    progress: bool = False,
+) -> dict:
     """{"val_loss", "tokens", "whole_split"} for a loaded run (eval.run.LoadedRun).
 
     ``tokens`` in is the requested budget; out, what was read: whole windows of batch_size x
-    block_size, at most the whole validation split (then ``whole_split`` is true).
+    block_size, at most the whole validation split (then ``whole_split`` is true). The data is the run's
+    own (checked), or the dataset folder ``data``.
     """
     if tokens < 1:
         raise UserError(f"--tokens must be positive, got {tokens}")
     cfg = run.config
     B = batch_size or cfg.eval.batch_size or cfg.train.batch_size
-    stream = open_dataset(cfg.data).stream("val", B, cfg.model.block_size, cfg.run.seed, shuffle=False)
-    loss = validation_loss(run.model, stream, tokens, Context(device=torch.device(device)))
+    dataset = run_dataset(run, data)
+    stream = dataset.stream("val", B, cfg.model.block_size, cfg.run.seed, shuffle=False)
+    loss = validation_loss(run.model, stream, tokens, Context(device=torch.device(device)), progress)
     n = windows(stream, tokens)
     return {"val_loss": loss, "tokens": n * B * cfg.model.block_size, "whole_split": n == stream.per_epoch}
 
@@ -69,17 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="validation tokens to read (default 10485760)")
     p.add_argument("--batch_size", type=int, default=0, help="sequences per forward (default: the run's eval batch)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    p.add_argument("--data", default=None, help="evaluate on this dataset folder instead of the run's own data")
     p.add_device()
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device, args.checkpoint)
-    out = run_validation_loss(run, args.tokens, args.batch_size, device)
+    out = run_validation_loss(run, args.tokens, args.batch_size, device, args.data, progress=True)
     if args.json:
         print(json.dumps({"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **out}))
     else:
         note = f" (the whole validation split; {args.tokens:,} requested)" if out["whole_split"] else ""
-        print(f"{run.checkpoint}: val_loss {out['val_loss']:.4f} on {out['tokens']:,} tokens{note}")
+        other = f" of {args.data}" if args.data else ""
+        print(f"{run.checkpoint}: val_loss {out['val_loss']:.4f} on {out['tokens']:,} tokens{other}{note}")
     return 0
 
 

@@ -206,6 +206,11 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied
+        # The vocabulary is padded to a multiple of 64 for fast matmuls; the padding ids get logit -inf,
+        # added in the same matmul, so they take no probability in the loss, the scores or the samples.
+        padding = torch.zeros(cfg.padded_vocab_size)
+        padding[cfg.vocab_size :] = -math.inf
+        self.register_buffer("padding_bias", padding, persistent=False)
         # Evaluation biases: the means, as buffers (n_layer, 1, head_dim) so they move with the model.
         for name, mean in self.bias_spec.means().items():
             self.register_buffer(f"mean_b{name}", mean.expand(cfg.n_layer, 1, -1).clone(), persistent=False)
@@ -239,7 +244,8 @@ class GPT(nn.Module):
         biases: dict[str, torch.Tensor] | None = None,
         reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, padded_vocab) and, with targets, the mean cross-entropy (-1 is ignored).
+        """Logits (B, T, padded_vocab; -inf at the padding ids) and, with targets, the mean cross-entropy
+        over the real vocabulary (a target of -1 is ignored).
 
         ``biases`` maps "q"/"v"/"k" to (n_layer, heads, head_dim) draws; None means the evaluation
         means. ``reference`` runs the plain formulas: biases added to q/k/v after projection and
@@ -261,10 +267,10 @@ class GPT(nn.Module):
                 None if bk is None else bk[i],
                 reference,
             )
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = F.linear(self.transformer.ln_f(x), self.lm_head.weight, self.padding_bias)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()

@@ -13,7 +13,8 @@ Each optimizer is a module here holding its own settings and its builder:
 parameters decay; see ``configs.OptimConfig``). Each group carries ``base_lr``; the trainer sets
 ``group["lr"] = base_lr * schedule(step)`` before every step, so every optimizer follows the schedule.
 An optimizer that needs the step's loss (ECD) sets the class attribute ``requires_loss = True`` and takes
-``step(loss=...)``, the loss averaged over all micro-batches and ranks, as a 0-dim tensor.
+``step(loss=...)``, the loss averaged over all micro-batches and ranks, as a 0-dim tensor. One that may
+decline a step sets ``skip_reason`` (a string) after such a ``step()``, and None after one it took.
 """
 
 from __future__ import annotations

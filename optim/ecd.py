@@ -95,6 +95,7 @@ class ECD(torch.optim.Optimizer):
         self.device = self.params[0].device
         self.steps = 0  # applied steps: the first one initialises v, and it keys the noise draw
         self.skipped = 0
+        self.skip_reason: str | None = None  # why the last step() moved nothing (on_low_loss=skip)
         self.low_loss_steps = torch.zeros((), dtype=torch.int64, device=self.device)  # clamped steps
         self.low_loss_reported = 0
         position = {id(p): i for i, p in enumerate(self.params)}
@@ -154,16 +155,17 @@ class ECD(torch.optim.Optimizer):
                 sq = torch.stack(torch._foreach_norm(group["params"])).to(self.dtype).square().sum()
                 F = F + 0.5 * wd * sq
         gap = F - self.f0
+        self.skip_reason = None
         if self.on_low_loss != "clamp":
             if bool(gap <= 0):  # the policy's one host synchronisation per step
                 msg = (
-                    f"ECD: loss {float(F):.6g} is at or below F0 = {self.f0} at step {self.steps + 1}; "
-                    "the energy (F - F0) is undefined there; set optim.ecd.f0 below the lowest loss"
+                    f"ECD: loss {float(F):.6g} is at or below F0 = {self.f0}; the energy (F - F0) is undefined "
+                    "there; set optim.ecd.f0 below the lowest loss"
                 )
                 if self.on_low_loss == "error":
                     raise LowLossError(msg + " (or optim.ecd.on_low_loss=skip|clamp)")
                 self.skipped += 1
-                _say(f"warning: {msg}; step skipped ({self.skipped} so far)")
+                self.skip_reason = msg  # the trainer reports it, with its step number
                 return loss
         else:
             self.low_loss_steps += (gap <= 0).to(torch.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,10 @@ class Task:
     def after_step(self, model: nn.Module, step: int) -> None:
         """After every optimizer step (``step`` steps done), on every rank, without autograd: where a
         task records per-step quantities, on the device so that nothing waits for the host."""
+
+    def write_run_files(self, run_dir: Path) -> None:
+        """Once the run has passed its checks, on rank 0: what the task keeps in the run dir (the LM task
+        keeps its tokenizer and a record of its data, so that evaluation needs only the run dir)."""
 
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         """After training, on rank 0: extra summary entries (small tasks add ``checks``)."""

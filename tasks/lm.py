@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from configs import Config, UserError
-from data.dataset import TOKENIZER_DIR, open_dataset
+from data.dataset import DATA_RECORD, TOKENIZER_DIR, open_dataset
 from eval.logic import run_suite
 from eval.sample import sample_text
 from eval.val import validation_loss
@@ -27,13 +29,15 @@ class LMTask(Task):
             raise UserError(f"unknown config key 'task.{extra}' for the lm task; remove it")
         self.data = open_dataset(cfg.data, ctx)
         self.tokenizer = self.data.tokenizer
-        if ctx.is_main:  # so that evaluation tools can read the run without its data
-            self.data.save_tokenizer(ctx.run_dir / TOKENIZER_DIR)
         m = cfg.model
         self.block_size = m.block_size
         self.train = self.data.stream("train", cfg.train.batch_size, m.block_size, cfg.run.seed)
         eval_bs = cfg.eval.batch_size or cfg.train.batch_size
         self.val = self.data.stream("val", eval_bs, m.block_size, cfg.run.seed, shuffle=False)
+
+    def write_run_files(self, run_dir: Path) -> None:
+        self.data.save_tokenizer(run_dir / TOKENIZER_DIR)
+        (run_dir / DATA_RECORD).write_text(json.dumps(self.data.record(), indent=2) + "\n")
 
     def build_model(self) -> nn.Module:
         self.model = GPT.from_config(self.cfg, self.tokenizer.vocab_size)

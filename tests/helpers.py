@@ -22,7 +22,15 @@ from trainer import Hook, Trainer, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-SHARED_BPE = ROOT.parent / "shared" / "assets" / "gpt2.tiktoken"  # where CI keeps the GPT-2 ranks
+# The GPT-2 ranks for the gpt2 tests: GPT2_BPE_FILE, else the copy the CI checkout keeps beside the repo.
+GPT2_RANKS = Path(os.environ.get("GPT2_BPE_FILE") or ROOT.parent / "shared" / "assets" / "gpt2.tiktoken")
+
+
+def gpt2_ranks() -> Path:
+    """The GPT-2 ranks file, or a skip that says how to provide one (offline, nothing downloads)."""
+    if not GPT2_RANKS.is_file():
+        pytest.skip(f"no GPT-2 ranks file at {GPT2_RANKS}: set GPT2_BPE_FILE to a gpt2.tiktoken (see docs/data.md)")
+    return GPT2_RANKS
 
 # A GPT small enough that a step takes milliseconds; quiet: no progress bar, no closing sample.
 TINY_GPT = ["--model.n_layer=1", "--model.n_embd=32", "--model.n_head=2", "--model.block_size=32"]

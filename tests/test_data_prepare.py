@@ -15,7 +15,8 @@ from data.shards import find_shards, open_shard
 from data.sources import resolve_source
 from data.tokenizer import Tokenizer, get_tokenizer
 
-RANKS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "gpt2.tiktoken"
+from helpers import gpt2_ranks
+
 WORDS = "the of a model attention query value symmetry bias optimizer token shard loss step".split()
 
 
@@ -47,10 +48,9 @@ def corpus(tmp_path) -> tuple[list[str], Path]:
 
 @pytest.fixture
 def ranks(monkeypatch) -> Path:
-    if not RANKS.is_file():
-        pytest.skip(f"no GPT-2 ranks file at {RANKS} (the project's shared/assets); gpt2 checks need one")
-    monkeypatch.setenv("GPT2_BPE_FILE", str(RANKS))
-    return RANKS
+    path = gpt2_ranks()
+    monkeypatch.setenv("GPT2_BPE_FILE", str(path))
+    return path
 
 
 def decoded(folder: Path, split: str, tok: Tokenizer) -> list[str]:
@@ -242,3 +242,30 @@ def test_cli_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["--source", f"files:{path}", "--tokenizer", "byte", "--out", str(tmp_path / "ok")]) == 0
     assert main(["--source", f"files:{path}", "--tokenizer", "byte", "--out", str(tmp_path / "ok")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_an_interrupted_preparation_leaves_nothing_that_looks_like_a_dataset(tmp_path, corpus, monkeypatch):
+    """Work goes to OUT.partial and replaces OUT only once complete: a kill midway leaves an older dataset
+    in OUT as it was, and nothing there (or in the partial folder) that the trainer would take."""
+    from data import prepare as prep
+
+    docs, path = corpus
+    out = tmp_path / "out"
+    run(f"files:{path}", "byte", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_add = prep.Splitter.add
+
+    def interrupted(self, *a, **k):
+        real_add(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep.Splitter, "add", interrupted)
+    assert prep.main(["--source", f"files:{path}", "--tokenizer", "byte", "--out", str(out), "--overwrite"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    partial = prep.partial_folder(out)
+    assert partial.is_dir() and not (partial / "meta.json").exists()
+    with pytest.raises(UserError, match="holds no token shards|no meta.json"):
+        open_dataset(DataConfig(path=str(partial)))
+    monkeypatch.setattr(prep.Splitter, "add", real_add)
+    run(f"files:{path}", "byte", out, overwrite=True)  # the next run starts clean
+    assert not partial.exists() and (out / "meta.json").exists()

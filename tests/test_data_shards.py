@@ -13,7 +13,7 @@ from data.dataset import open_dataset
 from data.loader import TokenStream
 from data.shards import find_shards, max_token, open_shard, read_header, write_shard
 
-RANKS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "gpt2.tiktoken"
+from helpers import gpt2_ranks
 
 
 def write_llmc(path: Path, tokens: list[int], magic: int = 20240520, version: int = 1, count: int | None = None):
@@ -73,15 +73,19 @@ def test_llmc_file_names_tell_the_splits_apart(tmp_path):
     assert [p.name for p in find_shards(tmp_path, "val")] == ["fineweb_val_000000.bin", "tiny_shakespeare_val.bin"]
 
 
-def test_shards_without_meta_json_are_read_as_gpt2(tmp_path, monkeypatch):
-    if not RANKS.is_file():
-        pytest.skip(f"no GPT-2 ranks file at {RANKS}")
-    monkeypatch.setenv("GPT2_BPE_FILE", str(RANKS))
+def test_shards_without_meta_json_are_read_as_gpt2_only_when_asked(tmp_path, monkeypatch):
+    """Nothing in a folder of bare shards says what its tokens are: guessing GPT-2 would train a byte-level
+    folder as GPT-2 without a word, so the tokenizer must be named (llm.c's shards: --data.tokenizer=gpt2)."""
+    monkeypatch.setenv("GPT2_BPE_FILE", str(gpt2_ranks()))
     write_llmc(tmp_path / "fineweb_train_000000.bin", list(range(0, 50257, 50)))
     write_llmc(tmp_path / "fineweb_val_000000.bin", list(range(1, 50257, 50)))
-    data = open_dataset(DataConfig(path=str(tmp_path)))
+    with pytest.raises(UserError, match="no meta.json.*--data.tokenizer=gpt2"):
+        open_dataset(DataConfig(path=str(tmp_path)))
+    data = open_dataset(DataConfig(path=str(tmp_path), tokenizer="gpt2"))
     assert (data.tokenizer.name, data.tokenizer.vocab_size, data.tokenizer.eot) == ("gpt2", 50257, 50256)
     assert data.stream("train", 1, 16, seed=0).per_epoch == len(range(0, 50257, 50)) // 16
+    with pytest.raises(UserError, match="has no meta.json, which a byte tokenizer needs"):
+        open_dataset(DataConfig(path=str(tmp_path), tokenizer="byte"))
 
 
 def test_the_chunked_max_equals_numpy_max(monkeypatch):

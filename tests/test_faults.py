@@ -63,3 +63,16 @@ def test_a_failed_theory_check_prints_fail_and_exits_with_its_own_code(tmp_path,
     captured = capsys.readouterr()
     assert "check reaches_zero_loss: FAIL" in captured.out
     assert "check(s) failed" in one_line_error(captured.err)
+
+
+def test_steps_the_optimizer_declines_are_reported_with_their_step_and_counted(data_dir, tmp_path, capsys):
+    """ECD with on_low_loss=skip below F0: every step is declined; each warning names its own step and the
+    summary counts them all (the run completes, having moved nothing)."""
+    ecd = ["--optim.name=ecd", "--optim.ecd.f0=100", "--optim.ecd.on_low_loss=skip", "--train.log_interval=1"]
+    assert train.main(args(data_dir, tmp_path, "declined", *ecd, steps=4)) == 0
+    out = capsys.readouterr().out
+    assert [f"warning: step {n} skipped ({n} so far)" in out for n in (1, 2, 3, 4)] == [True] * 4
+    summary = json.loads((tmp_path / "declined" / "summary.json").read_text())
+    assert summary["skipped_steps"] == 4 and summary["completed"] is True
+    skipped = [r["step"] for r in read_jsonl(tmp_path / "declined" / "metrics.jsonl") if "skipped" in r]
+    assert skipped == [1, 2, 3, 4]

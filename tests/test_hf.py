@@ -72,11 +72,11 @@ def test_custom_export_generates_like_our_model(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-def stock_gpt2(activation: str = "gelu_new") -> GPT2LMHeadModel:
+def stock_gpt2(vocab: int = V, activation: str = "gelu_new") -> GPT2LMHeadModel:
     torch.manual_seed(3)
     cfg = GPT2Config(
-        vocab_size=V, n_positions=16, n_layer=2, n_head=2, n_embd=16, bos_token_id=V - 1, eos_token_id=V - 1,
-        activation_function=activation,
+        vocab_size=vocab, n_positions=16, n_layer=2, n_head=2, n_embd=16, activation_function=activation,
+        bos_token_id=vocab - 1, eos_token_id=vocab - 1,
     )
     hf = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -87,7 +87,7 @@ def stock_gpt2(activation: str = "gelu_new") -> GPT2LMHeadModel:
 
 @pytest.mark.parametrize("activation, mlp", [("gelu_new", "gelu"), ("gelu", "gelu_exact")])
 def test_imported_gpt2_gives_gpt2_logits_and_exports_back(tmp_path, activation, mlp):
-    hf = stock_gpt2(activation)
+    hf = stock_gpt2(activation=activation)
     ours = from_gpt2(hf)
     assert ours.config.mlp == mlp
     with torch.no_grad():
@@ -99,23 +99,25 @@ def test_imported_gpt2_gives_gpt2_logits_and_exports_back(tmp_path, activation, 
         torch.testing.assert_close(again(ids()).logits, want, atol=1e-4, rtol=0)
 
 
-def test_import_cli_writes_a_loadable_run(tmp_path):
-    hf = stock_gpt2()
+def test_import_cli_writes_a_loadable_run(tmp_path, capsys):
+    hf = stock_gpt2(vocab=257)  # the byte tokenizer's vocabulary
     hf.save_pretrained(tmp_path / "gpt2")
-    assert main(["import", str(tmp_path / "gpt2"), str(tmp_path / "run")]) == 0
+    assert main(["import", str(tmp_path / "gpt2"), str(tmp_path / "wrong")]) == 2  # not GPT-2's 50,257 ids
+    assert "vocabulary of 257 but the gpt2 tokenizer has 50257" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "gpt2"), str(tmp_path / "run"), "--tokenizer", "byte"]) == 0
     state = load_checkpoint(next((tmp_path / "run").glob("ckpt_*.pt")))
     assert state["config"]["symmetry"]["mode"] == "symmetric" and state["config"]["model"]["mlp"] == "gelu"
     m = state["config"]["model"]
     model = GPT(
         GPTConfig(
-            vocab_size=V, block_size=16, n_layer=m["n_layer"], n_head=2, n_embd=16, mlp="gelu",
+            vocab_size=257, block_size=16, n_layer=m["n_layer"], n_head=2, n_embd=16, mlp="gelu",
             symmetry=SymmetryConfig(mode="symmetric"),
         )
     )
     model.load_state_dict(state["model"])
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(ids())[0][..., :V], hf(ids()).logits, atol=1e-4, rtol=0)
-    assert main(["import", str(tmp_path / "gpt2"), str(tmp_path / "run")]) == 2  # refuses to overwrite
+        torch.testing.assert_close(model.eval()(ids())[0][..., :257], hf(ids()).logits, atol=1e-4, rtol=0)
+    assert main(["import", str(tmp_path / "gpt2"), str(tmp_path / "run"), "--tokenizer", "byte"]) == 2  # occupied
 
 
 def test_import_from_a_missing_folder_is_a_user_error(tmp_path, capsys):
@@ -133,3 +135,24 @@ def test_custom_export_handles_left_padding(tmp_path):
         padded = hf(batch, attention_mask=mask).logits
         torch.testing.assert_close(padded[1, 2:], model(torch.tensor([[9, 10]]))[0][0, :, :V], atol=1e-4, rtol=0)
         torch.testing.assert_close(padded[0], model(batch[:1])[0][0, :, :V], atol=1e-4, rtol=0)
+
+
+def test_the_loss_is_gpt2s_even_when_every_real_logit_is_negative():
+    """The padded vocabulary ids take no probability: with every real logit far below zero (where a zero
+    logit on a padding id would take almost all the mass), our loss equals GPT2LMHeadModel's."""
+    hf = stock_gpt2()
+    with torch.no_grad():
+        up = torch.ones(16) / 4.0
+        hf.transformer.wte.weight.add_(3 * up)  # every token embedding leans one way ...
+        hf.transformer.ln_f.weight.fill_(0.05)
+        hf.transformer.ln_f.bias.copy_(-8 * up)  # ... and the final hidden state the other
+    ours = from_gpt2(hf)
+    x = ids()
+    with torch.no_grad():
+        logits = hf(x).logits
+        assert logits.max() < -5  # the regime that exposed the padding: all real logits strongly negative
+        theirs = hf(x, labels=x).loss
+        _, loss = ours(x[:, :-1], x[:, 1:])
+        padded = ours(x)[0][..., V:]
+    torch.testing.assert_close(loss, theirs, atol=1e-5, rtol=0)
+    assert torch.isneginf(padded).all()

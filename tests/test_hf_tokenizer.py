@@ -1,7 +1,6 @@
 """Hugging Face forms of our tokenizers encode every text to our ids, and survive save/load."""
 
 import itertools
-from pathlib import Path
 
 import pytest
 from tokenizers import pre_tokenizers
@@ -12,7 +11,8 @@ from data.builtin import documents
 from data.hf_tokenizer import EOT_TEXT, byte_characters, merge_pair, to_hf
 from data.tokenizer import get_tokenizer, train_bpe
 
-RANKS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "gpt2.tiktoken"
+from helpers import gpt2_ranks
+
 HARD = [
     "",
     "   ",
@@ -31,9 +31,7 @@ def corpus() -> str:
 @pytest.fixture(scope="module", params=["byte", "bpe", "gpt2"])
 def ours(request, corpus, tmp_path_factory):
     if request.param == "gpt2":
-        if not RANKS.is_file():
-            pytest.skip(f"no GPT-2 ranks file at {RANKS} (the project's shared/assets); gpt2 checks need one")
-        return get_tokenizer("gpt2", bpe_file=RANKS)
+        return get_tokenizer("gpt2", bpe_file=gpt2_ranks())
     if request.param == "bpe":
         return train_bpe([corpus[:100_000]], 600, tmp_path_factory.mktemp("bpe") / "tokenizer.json")
     return get_tokenizer("byte")

@@ -31,8 +31,7 @@ from eval.logic import (
 )
 from model import GPT, GPTConfig
 
-RANKS = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "gpt2.tiktoken"
-
+from helpers import gpt2_ranks
 
 # ---------------------------------------------------------------- items
 
@@ -315,7 +314,7 @@ def test_intervals():
 
 @pytest.mark.parametrize("tokenizer", ["byte", "gpt2"])
 def test_run_suite_on_a_tiny_gpt(tokenizer):
-    tok = byte_tokenizer() if tokenizer == "byte" else gpt2_tokenizer(str(RANKS))
+    tok = byte_tokenizer() if tokenizer == "byte" else gpt2_tokenizer(str(gpt2_ranks()))
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)).eval()
     out = run_suite(model, tok, n=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from configs import Config, UserError, to_dict
 from runtime import Context
@@ -55,20 +56,35 @@ class MetricsLog:
             self.file.close()
 
 
+def wandb_module(cfg: Config) -> Any:
+    """The wandb module when ``run.wandb`` asks for it (None when disabled); checked before a run starts."""
+    if cfg.run.wandb == "disabled":
+        return None
+    try:
+        import wandb  # an optional dependency: the [wandb] extra, imported only when asked for
+    except ImportError:
+        raise UserError(
+            "run.wandb is set but wandb is not installed; pip install wandb or set --run.wandb=disabled"
+        ) from None
+    return wandb
+
+
 class WandbLogger:
-    def __init__(self, cfg: Config, ctx: Context):
+    """One wandb run per run dir: its id is kept in ``wandb_id.txt``, so a resumed run continues it."""
+
+    ID_FILE = "wandb_id.txt"
+
+    def __init__(self, cfg: Config, ctx: Context, wandb: Any):
         self.run = None
-        if cfg.run.wandb == "disabled" or not ctx.is_main:
+        if wandb is None or not ctx.is_main:
             return
-        try:
-            import wandb  # an optional dependency: the [wandb] extra
-        except ImportError:
-            raise UserError(
-                "run.wandb is set but wandb is not installed; pip install wandb or set --run.wandb=disabled"
-            ) from None
+        id_file = ctx.run_dir / self.ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=cfg.run.wandb_project,
             name=cfg.run.name,
+            id=run_id,
             mode=cfg.run.wandb,
             config=to_dict(cfg),
             dir=str(ctx.run_dir),

@@ -44,7 +44,8 @@ from configs import Config, UserError, to_dict, to_toml
 from runtime import Context, peak_flops, setup_context
 from tasks import build_task
 from trainer.exits import PREEMPTED_EXIT, NonFiniteLoss, RanksDiverged
-from trainer.logs import Loggers, MetricsLog, WandbLogger
+from trainer.logs import Loggers, MetricsLog, WandbLogger, wandb_module
+from trainer.rundir import RunLock, check_start, clear_run
 from trainer.state import TrainState
 
 
@@ -77,6 +78,7 @@ class Trainer:
         self.bar: tqdm | None = None
         self.logs: Loggers | None = None
         self.state = TrainState()
+        self.lock = RunLock(self.ctx.run_dir)
 
     def say(self, msg: str) -> None:
         if self.ctx.is_main:
@@ -98,40 +100,50 @@ class Trainer:
             self.close_bar()
             if self.logs is not None:
                 self.logs.close()
+            if self.ctx.is_main:
+                self.lock.release()
 
     # ------------------------------------------------------------------------------------ setup
 
     def setup(self) -> bool:
-        """Everything before the first step; False when a resumed run has nothing left to do."""
+        """Everything before the first step; False when a resumed run has nothing left to do.
+
+        Every check runs before anything is written into the run dir, so a start that fails leaves the
+        run dir as it was (and a run dir it had to create, gone again).
+        """
         cfg, ctx = self.cfg, self.ctx
-        self.prepare_run_dir()
+        ctx.run_on_main(lambda: self.lock.acquire(self.say))
+        resuming = cfg.run.resume or bool(cfg.run.checkpoint)
+        replace = ctx.run_on_main(lambda: check_start(ctx.run_dir, resuming, cfg.run.overwrite))
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         random.seed(cfg.run.seed)
         self.task = build_task(cfg, ctx)
         self.model = self.task.build_model().to(ctx.device)
         self.optimizer = optim.build_optimizer(self.task.param_groups(self.model), cfg.optim)
-        resumed_from = self.resume()
+        wandb = wandb_module(cfg) if ctx.is_main else None
+        resumed = self.resume() if resuming else None
+        if resumed is None and cfg.run.init_from:
+            self.init_weights(Path(cfg.run.init_from))
         self.tokens_per_step = self.task.tokens_per_micro_batch * cfg.train.grad_accum * ctx.world_size
         self.max_steps = cfg.train.max_steps
         if cfg.train.max_tokens > 0:
             self.max_steps = math.ceil(cfg.train.max_tokens / self.tokens_per_step)
-        if resumed_from is not None and self.state.step >= self.max_steps:
+        if resumed is not None and self.state.step >= self.max_steps:
             self.say(f"the run already finished {self.state.step} steps; raise --train.max_steps to train further")
             return False
-        if ctx.is_main:
-            (ctx.run_dir / "config.toml").write_text(to_toml(to_dict(cfg)))
+        ctx.run_on_main(lambda: self.write_run_files(replace, resumed))
         self.train_model = self.wrap(self.model)
-        source = resumed_from.parent / "metrics.jsonl" if resumed_from is not None else None
-        resume_step = self.state.step if resumed_from is not None else None
+        source = resumed.parent / "metrics.jsonl" if resumed is not None else None
+        resume_step = self.state.step if resumed is not None else None
         metrics = MetricsLog(ctx.run_dir / "metrics.jsonl", resume_step, ctx.is_main, source)
-        self.logs = Loggers(metrics, WandbLogger(cfg, ctx))
+        self.logs = Loggers(metrics, WandbLogger(cfg, ctx, wandb))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.say(
             f"run {ctx.run_dir}: {n_params / 1e6:.2f}M parameters, {ctx.world_size} process(es) on {ctx.device}, "
             f"{self.tokens_per_step} tokens/step, {self.max_steps} steps, optimizer {cfg.optim.name}"
         )
-        if resumed_from is None and cfg.eval.interval >= 0:
+        if resumed is None and cfg.eval.at_start:
             self.state.initial_val = self.evaluate()
         if ctx.is_main and cfg.train.progress:
             self.bar = tqdm(
@@ -145,32 +157,21 @@ class Trainer:
             )
         return True
 
-    def prepare_run_dir(self) -> None:
-        """Refuse to start over an existing run by accident; clear it on overwrite; drop partial writes."""
-        cfg, run_dir = self.cfg, self.ctx.run_dir
-        resuming = cfg.run.resume or bool(cfg.run.checkpoint)
-
-        def prepare() -> None:
-            occupied = bool(list_checkpoints(run_dir)) or (run_dir / "metrics.jsonl").exists()
-            if occupied and not resuming and not cfg.run.overwrite:
-                raise UserError(
-                    f"run dir '{run_dir}' already holds a run; pass --run.resume=true to continue it, "
-                    "--run.overwrite=true to replace it, or choose another --run.name"
-                )
-            if occupied and cfg.run.overwrite and not resuming:
-                for p in list(run_dir.glob("ckpt_*")) + [run_dir / "metrics.jsonl", run_dir / "summary.json"]:
-                    p.unlink(missing_ok=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            remove_partial_writes(run_dir)
-
-        self.ctx.run_on_main(prepare)
+    def write_run_files(self, replace: bool, resumed: Path | None) -> None:
+        """The checks have passed: the run dir becomes this run's (rank 0)."""
+        run_dir = self.ctx.run_dir
+        if replace:
+            clear_run(run_dir)
+        remove_partial_writes(run_dir)
+        if resumed is not None:
+            set_aside_newer(run_dir, self.state.step, self.say)
+        self.task.write_run_files(run_dir)
+        (run_dir / "config.toml").write_text(to_toml(to_dict(self.cfg)))
 
     def resume(self) -> Path | None:
         """Load the checkpoint to continue from, if any: rank 0 picks and verifies it (falling back past
         damaged ones), every rank loads it. Returns its path."""
         cfg, ctx = self.cfg, self.ctx
-        if not (cfg.run.resume or cfg.run.checkpoint):
-            return None
         picked: dict[str, Any] = {}
 
         def pick() -> str | None:
@@ -185,7 +186,6 @@ class Trainer:
                 path, state = found
             state["config"] = optim.upgrade_config(state["config"])
             check_resumable(state, cfg, ctx.world_size, path)
-            set_aside_newer(ctx.run_dir, state["step"], self.say)
             picked["state"] = state
             return str(path)
 
@@ -202,6 +202,24 @@ class Trainer:
             raise UserError(f"'{path}' does not fit this model and optimizer ({detail}); check the config") from None
         self.state = TrainState.from_checkpoint(state, ctx.rank, ctx.world_size, ctx.device)
         return Path(path)
+
+    def init_weights(self, source: Path) -> None:
+        """``run.init_from``: a new run that starts from another run's weights (a checkpoint file, or the
+        newest checkpoint of a run dir), with a fresh optimizer and schedule."""
+        if source.is_dir():
+            found = list_checkpoints(source)
+            if not found:
+                raise UserError(f"run.init_from '{source}' holds no checkpoint; pass a ckpt_*.pt file or a run dir")
+            source = found[-1]
+        state = load_checkpoint(source)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise UserError(
+                f"run.init_from '{source}' holds weights of another architecture ({detail}); set [model] to match"
+            ) from None
+        self.say(f"starting from the weights of {source}")
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model the steps run: compiled if asked, DDP across ranks; ``self.model`` stays the bare one."""
@@ -255,10 +273,17 @@ class Trainer:
         loss, stopping, grad_norm = self.sync_and_clip()
         skipped = None
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            if self.requires_loss:
-                self.optimizer.step(loss=self.shared[0])
-            else:
-                self.optimizer.step()
+            try:
+                if self.requires_loss:
+                    self.optimizer.step(loss=self.shared[0])
+                else:
+                    self.optimizer.step()
+            except UserError as e:  # the optimizer's own refusal (ECD below F0): say at which step
+                raise UserError(f"step {s.step + 1}: {e}") from None
+            skipped = getattr(self.optimizer, "skip_reason", None)
+            if skipped:
+                s.optimizer_skips += 1
+                self.say(f"warning: step {s.step + 1} skipped ({s.optimizer_skips} so far): {skipped}")
         else:
             skipped = self.skip_update(loss, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -436,7 +461,7 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             "run_dir": str(ctx.run_dir),
             "completed": self.exit_code == 0,
-            "skipped_steps": s.skips,
+            "skipped_steps": s.skips + s.optimizer_skips,
         }
         summary.update({k: v for k, v in s.last_val.items() if k != "val_loss"})
         if self.exit_code == 0:

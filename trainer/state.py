@@ -18,6 +18,7 @@ class TrainState:
     wall_s: float = 0.0  # training time of the earlier processes of this run (a resumed run adds its own)
     best_val: float = math.inf
     skips: int = 0  # steps skipped for a non-finite loss
+    optimizer_skips: int = 0  # steps the optimizer declined (ECD's on_low_loss=skip)
     initial_val: dict[str, float] | None = None  # the evaluation before the first step
     last_val: dict[str, float] = field(default_factory=dict)  # the latest evaluation, at step last_val_step
     last_val_step: int = -1
@@ -32,6 +33,7 @@ class TrainState:
             "best_val": self.best_val,
             "val_loss": self.last_val.get("val_loss") if self.last_val_step == self.step else None,
             "skips": self.skips,
+            "optimizer_skips": self.optimizer_skips,
             "initial_val": self.initial_val,
         }
 
@@ -46,5 +48,6 @@ class TrainState:
             wall_s=state["wall_s"],
             best_val=state["best_val"],
             skips=state["skips"],
+            optimizer_skips=state.get("optimizer_skips", 0),  # checkpoints before it was counted have none
             initial_val=state.get("initial_val"),
         )
