@@ -287,3 +287,11 @@ def test_a_checkpoint_from_before_the_optimizer_tables_loads_and_resumes(data_di
     assert optim.settings(loaded.config.optim).lr == 0.2 and loaded.config.optim.name == "sgdm"
     resume = args(data_dir, tmp_path, "old", "--optim.name=sgdm", "--optim.lr=0.2", "--run.resume=true", steps=4)
     assert train.main(resume) == 0
+
+
+def test_a_stored_config_from_before_a_knob_existed_takes_its_default():
+    """A run from before SOAP's `original` or SGDM's `initial_velocity_std` ran what their defaults name."""
+    up = optim.upgrade_config({"optim": {"name": "soap", "soap": {"lr": 0.1}}})
+    assert up["optim"]["soap"]["lr"] == 0.1 and up["optim"]["soap"]["original"] is False
+    up = optim.upgrade_config({"optim": {"name": "sgdm", "sgdm": {"momentum": 0.5}}})
+    assert up["optim"]["sgdm"] == {**dataclasses.asdict(optim.sgdm.Options()), "momentum": 0.5}
