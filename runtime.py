@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,25 @@ def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[list[str]]:
+    """Collect every synchronisation of the host with a CUDA stream inside the block (CUDA's sync debug
+    mode warns at each: ``.item()``, a blocking copy, a kernel whose output size needs the host, ...).
+
+    Yields the list the warnings' texts are appended to; on a machine without CUDA it stays empty.
+    """
+    found: list[str] = []
+    if not torch.cuda.is_available():
+        yield found
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    found += [str(w.message) for w in caught if "synchroniz" in str(w.message)]

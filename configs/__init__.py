@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import keyword
 import math
 import sys
 import tomllib
@@ -356,12 +357,19 @@ def unknown_key(section: str, key: str, names: list[str], preferred: Any = None)
     )
 
 
+def key_name(field_name: str) -> str:
+    """A field's key in a config: a Python keyword spelled with a trailing underscore in code
+    (``lambda_``) is written without it (``task.lambda``)."""
+    stem = field_name[:-1]
+    return stem if field_name.endswith("_") and keyword.iskeyword(stem) else field_name
+
+
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     """Construct dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types, then run its
     ``check()`` (value ranges), if it has one."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    tables = next((f.name for f in fields.values() if f.metadata.get("tables")), None)
+    fields = {key_name(f.name): f for f in dataclasses.fields(cls)}
+    tables = next((k for k, f in fields.items() if f.metadata.get("tables")), None)
     names = [n for n in fields if n != tables]
     obj = cls()
     for key, value in values.items():
@@ -370,9 +378,10 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
             continue
         if key not in names:
             raise unknown_key(section, key, names, plain(values.get("name")))
+        attr = fields[key].name
         if isinstance(value, Override):
-            value = value.for_type(hints[key])
-        setattr(obj, key, coerce(value, hints[key], f"{section}.{key}"))
+            value = value.for_type(hints[attr])
+        setattr(obj, attr, coerce(value, hints[attr], f"{section}.{key}"))
     if hasattr(obj, "check"):
         obj.check()
     return obj

@@ -7,7 +7,7 @@ An example is a fenced code block whose lines start with ``$ `` (a command, run 
 repository root) followed by what it printed. A block right after the comment ``<!-- setup -->`` is run
 first and not compared (the runs the examples read); one after ``<!-- unchecked: why -->`` is skipped
 (it needs a GPU, the network, or a signal sent by hand). What differs from run to run is masked before
-comparing: durations, rates, progress bars, dates. A line ``...`` in the docs stands for any number of
+comparing: durations, rates, progress bars, dates, blank lines. A line ``...`` in the docs stands for any number of
 lines. Exit code 1, with a diff per example, when an example no longer prints what the docs say.
 """
 
@@ -28,10 +28,10 @@ MARK = re.compile(r"<!--\s*(setup|unchecked)\b[^>]*-->")
 MASKS = [
     (re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}"), "<date>"),
     (re.compile(r"\b\d+:\d{2}(:\d{2})?\b"), "<clock>"),
-    (re.compile(r"[\d.,]+\s?[kKMG]?(tok|it|step|steps|batch|s/it)/s\b"), "<rate>"),
+    (re.compile(r"[\d.,]+\s?[kKMG]?\s?(tokens|tok|it|steps|step|batch|s/it)/s\b"), "<rate>"),
     (re.compile(r"\b\d+(\.\d+)?\s?(s|ms|min)\b"), "<time>"),
 ]
-PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar
+PROGRESS = re.compile(r"\d+%\||\[\d+:\d{2}(:\d{2})?(<[\d:?]+)?, ")  # a tqdm bar, with or without a total
 
 
 @dataclass
@@ -74,7 +74,7 @@ def parse(path: Path) -> list[Example]:
 def normalize(lines: list[str]) -> list[str]:
     out = []
     for line in lines:
-        if PROGRESS.search(line):
+        if PROGRESS.search(line) or not line.strip():  # blank lines carry nothing to compare
             continue
         for pattern, repl in MASKS:
             line = pattern.sub(repl, line)
@@ -95,10 +95,21 @@ def matches(shown: list[str], printed: list[str]) -> bool:
 
 def run(command: str, timeout: float) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    proc = subprocess.run(  # bytes: text mode would turn each \r into a line of its own
+        ["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
     )
-    return (proc.stdout + proc.stderr).splitlines()
+    printed = proc.stdout.decode("utf-8", errors="replace")
+    # stdout and stderr interleaved, each line as a terminal leaves it: what its last \r leaves standing
+    # (a line that only a progress bar or a cleared terminal line ever occupied is dropped)
+    out = []
+    for line in printed.replace("\r\n", "\n").split("\n"):
+        parts = [p for p in line.split("\r") if p.strip()]
+        if "\r" in line and not parts:
+            continue
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", parts[-1] if parts else "")
+        if not PROGRESS.search(text):
+            out.append(text)
+    return out
 
 
 def check(path: Path, update: bool = False, timeout: float = 1800) -> list[str]:
@@ -115,7 +126,7 @@ def check(path: Path, update: bool = False, timeout: float = 1800) -> list[str]:
             if not matches(want, got):
                 diff = "\n".join(difflib.unified_diff(want, got, "shown", "printed", lineterm=""))
                 failures.append(f"{path}:{ex.line}: $ {command}\n{diff}")
-                replacements[(command, tuple(shown))] = [p for p in printed if not PROGRESS.search(p)]
+                replacements[(command, tuple(shown))] = [p for p in printed if p.strip()]
     if update and replacements:
         write_outputs(path, replacements)
     return failures

@@ -108,6 +108,32 @@ def _as_head_bias(b: torch.Tensor) -> torch.Tensor:
     return b.unsqueeze(0).unsqueeze(2)
 
 
+class KVCache:
+    """Every layer's keys and values of the tokens seen so far, for generation one token at a time.
+
+    Buffers of block_size positions are allocated at the first write (with the keys' shape, dtype and
+    device); ``length`` counts the cached positions. A forward pass with a cache runs its tokens at the
+    positions ``length, length + 1, ...``, attending to the cached ones and causally among themselves.
+    """
+
+    def __init__(self, n_layer: int, block_size: int):
+        self.block_size = block_size
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.length = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions' k, v (B, heads, T, head_dim); the keys and values of all positions so far."""
+        if self.keys[layer] is None:
+            B, H, _, D = k.shape
+            self.keys[layer] = k.new_empty(B, H, self.block_size, D)
+            self.values[layer] = v.new_empty(B, H, self.block_size, D)
+        end = self.length + k.size(2)
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -148,10 +174,13 @@ class CausalSelfAttention(nn.Module):
         bv: torch.Tensor | None = None,
         bk: torch.Tensor | None = None,
         reference: bool = False,
+        cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         p = self.dropout if self.training else 0.0
-        if reference:  # the plain formulas, kept to check the fast path against
+        if cache is not None:
+            y = self._cached(x, self._packed_bias(bq, bk, bv, x), *cache)
+        elif reference:  # the plain formulas, kept to check the fast path against
             q, k, v = self.heads(x)
             if bq is not None:
                 q = q + _as_head_bias(bq)
@@ -171,6 +200,19 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def _cached(self, x: torch.Tensor, bias: torch.Tensor | None, cache: KVCache, layer: int) -> torch.Tensor:
+        """Attention of the new positions over the cached ones and themselves (the biases are in k and v)."""
+        q, k, v = self.heads(x, bias)
+        past, T = cache.length, x.size(1)
+        k, v = cache.extend(layer, k, v)
+        if past == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if T == 1:  # one new token sees every position
+            return F.scaled_dot_product_attention(q, k, v)
+        # query i sits at position past + i: it sees keys 0..past + i (is_causal would align top-left)
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -180,8 +222,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, bq=None, bv=None, bk=None, reference: bool = False):
-        x = x + self.attn(self.ln_1(x), bq, bv, bk, reference)
+    def forward(self, x: torch.Tensor, bq=None, bv=None, bk=None, reference: bool = False, cache=None):
+        x = x + self.attn(self.ln_1(x), bq, bv, bk, reference, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -243,20 +285,23 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         biases: dict[str, torch.Tensor] | None = None,
         reference: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, padded_vocab; -inf at the padding ids) and, with targets, the mean cross-entropy
         over the real vocabulary (a target of -1 is ignored).
 
         ``biases`` maps "q"/"v"/"k" to (n_layer, heads, head_dim) draws; None means the evaluation
         means. ``reference`` runs the plain formulas: biases added to q/k/v after projection and
-        attention as matmul-softmax-matmul.
+        attention as matmul-softmax-matmul. With a ``cache`` (see ``new_cache``) the tokens continue the
+        cached ones: they run at positions ``cache.length, ...`` and are added to the cache.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        past = 0 if cache is None else cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
         if biases is None:
             biases = self.mean_biases()
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         bq, bv, bk = biases.get("q"), biases.get("v"), biases.get("k")
         for i, block in enumerate(self.transformer.h):
@@ -266,7 +311,10 @@ class GPT(nn.Module):
                 None if bv is None else bv[i],
                 None if bk is None else bk[i],
                 reference,
+                None if cache is None else (cache, i),
             )
+        if cache is not None:
+            cache.length += T
         logits = F.linear(self.transformer.ln_f(x), self.lm_head.weight, self.padding_bias)
         loss = None
         if targets is not None:
@@ -299,14 +347,34 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for ``forward(..., cache=...)``."""
+        return KVCache(self.config.n_layer, self.config.block_size)
+
     @torch.no_grad()
     def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
-        """Sample continuations with the mean biases; padded vocabulary entries are never drawn."""
+        """Sample continuations with the mean biases; padded vocabulary entries are never drawn.
+
+        Each token is predicted from the last block_size tokens. With ``use_cache`` the prompt runs
+        once and each new token alone against the cached keys and values, while the whole sequence fits
+        in block_size; past that, the window slides and moves every position, so each step runs its
+        window afresh, as without the cache. Both give the same logits up to rounding.
+        """
+        cache = None
         for _ in range(max_new_tokens):
-            ctx = idx[:, -self.config.block_size :]
-            logits, _ = self(ctx)
+            if use_cache and idx.size(1) <= self.config.block_size:
+                if cache is None:
+                    cache = self.new_cache()
+                logits, _ = self(idx[:, cache.length :], cache=cache)
+            else:
+                logits, _ = self(idx[:, -self.config.block_size :])
             logits = logits[:, -1, : self.config.vocab_size].float()
             if temperature <= 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

@@ -5,6 +5,10 @@ it imports only torch and transformers. The exported model is the training model
 attention biases folded into the query/key/value projection bias, so attention here is plain causal
 attention; the MLP is PReLU with one learned negative slope per feature, or GELU (tanh-approximated or exact).
 Embeddings are tied: the logits are the final hidden states times the token embedding matrix.
+
+Generation uses transformers' key/value cache (``use_cache=True``, the default of ``generate``) while
+the sequence fits in block_size; past that the window of the last block_size tokens slides, every
+position moves, and each step runs its whole window again, as without the cache.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 GELU_APPROXIMATION = {"gelu": "tanh", "gelu_exact": "none"}  # the tanh GELU (GPT-2's) or the exact one
+# transformers 5 calls the cache argument and output field `cache`, earlier versions `past_key_values`
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class SymbreakConfig(PretrainedConfig):
@@ -62,14 +69,26 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=True)  # holds the folded mean biases
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:
+        """``mask``: None for plain causal attention, else (B, 1, T, past + T) booleans; ``cache``: a
+        transformers Cache holding ``past`` earlier positions, extended here by this layer's k, v."""
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        if cache is not None:
+            k, v = cache.update(k, v, layer)
+        past = k.size(2) - T
+        if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i sits at position past + i (is_causal would align the mask top-left)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device))
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """(T, past + T) booleans: query i, at position past + i, sees keys 0..past + i."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 class Block(nn.Module):
@@ -84,8 +103,8 @@ class Block(nn.Module):
         self.mlp.act = PReLU(4 * C) if cfg.mlp == "prelu" else nn.GELU(approximate=GELU_APPROXIMATION[cfg.mlp])
         self.mlp.c_proj = nn.Linear(4 * C, C, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)
         return x + self.mlp.c_proj(self.mlp.act(self.mlp.c_fc(self.ln_2(x))))
 
 
@@ -122,33 +141,57 @@ class SymbreakForCausalLM(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cache=None,
+        past_key_values=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """Logits of ``input_ids``; with a cache (``cache`` or ``past_key_values``, or a new one when
+        ``use_cache``) they continue its positions, and the cache is returned extended."""
+        cache = None if use_cache is False else (cache if cache is not None else past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
         B, T = input_ids.shape
+        if past + T > self.config.block_size:
+            raise ValueError(f"{past + T} positions exceed block_size {self.config.block_size}")
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            keep = attention_mask.bool()
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            mask = causal[None, None] & keep[:, None, None, :]
-            mask = mask | torch.eye(T, dtype=torch.bool, device=input_ids.device)  # no all-masked rows
+            keep = attention_mask.bool()  # (B, past + T)
+            mask = causal_mask(T, past, input_ids.device)[None, None] & keep[:, None, None, :]
+            rows = torch.arange(T, device=input_ids.device)
+            own = torch.zeros_like(mask[0, 0])
+            own[rows, past + rows] = True  # a padding query sees itself: no all-masked row
+            mask = mask | own
             if position_ids is None:  # left padding: count positions from the first real token
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)[None]
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
-        for block in self.transformer.h:
-            x = block(x, mask)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, mask, cache, i)
         logits = F.linear(self.transformer.ln_f(x), self.transformer.wte.weight)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits)
+        if cache is not None:
+            out[CACHE_NAME] = cache
+        return out
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, attention_mask=None, **kwargs) -> dict:
-        # No key/value cache: every generation step runs the (at most block_size) context again.
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, attention_mask=None, use_cache: bool = True, **kwargs
+    ) -> dict:
+        """Only the uncached tokens while the sequence fits in block_size; beyond, the last block_size
+        tokens without the cache (the window slides, so every cached position would move)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if use_cache and input_ids.size(1) <= self.config.block_size:
+            past = cache.get_seq_length() if cache is not None else 0
+            inputs = {"input_ids": input_ids[:, past:], "attention_mask": attention_mask, "use_cache": True}
+            return inputs if cache is None else {**inputs, CACHE_NAME: cache}
         input_ids = input_ids[:, -self.config.block_size :]
         if attention_mask is not None:
             attention_mask = attention_mask[:, -self.config.block_size :]
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}

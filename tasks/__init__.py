@@ -20,6 +20,10 @@ TASKS: dict[str, str] = {
     "group_composition": "small_tasks.group_composition:GroupCompositionTask",
     "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
     "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
+    "lazy_rich": "small_tasks.lazy_rich:LazyRichTask",
+    "get_rich_quick": "small_tasks.get_rich_quick:GetRichQuickTask",
+    "get_rich_quick_relu": "small_tasks.get_rich_quick:UnbalancedReLUTask",
+    "quasi_homogeneous": "small_tasks.quasi_homogeneous:QuasiHomogeneousTask",
 }
 
 

@@ -57,6 +57,13 @@ class Task:
         """After every optimizer step (``step`` steps done), on every rank, without autograd: where a
         task records per-step quantities, on the device so that nothing waits for the host."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the task keeps in a checkpoint beside the model and the optimizer (plain data, tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed run's task state, as ``state_dict`` gave it (empty for checkpoints without one)."""
+
     def write_run_files(self, run_dir: Path) -> None:
         """Once the run has passed its checks, on rank 0: what the task keeps in the run dir (the LM task
         keeps its tokenizer and a record of its data, so that evaluation needs only the run dir)."""

@@ -14,7 +14,8 @@ from data.dataset import DATA_RECORD, TOKENIZER_DIR, open_dataset
 from eval.logic import run_suite
 from eval.sample import sample_text
 from eval.val import validation_loss
-from model import GPT, draw_biases
+from model import GPT, BiasDraws
+from model.symmetry import DRAWS
 from runtime import Context, to_device
 from tasks.base import Task
 
@@ -35,12 +36,24 @@ class LMTask(Task):
         eval_bs = cfg.eval.batch_size or cfg.train.batch_size
         self.val = self.data.stream("val", eval_bs, m.block_size, cfg.run.seed, shuffle=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"bias_draws": DRAWS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.model.bias_spec.draws_anything and state.get("bias_draws") != DRAWS:
+            raise UserError(
+                "the checkpoint was written by an earlier version that drew the attention biases another way, "
+                "so a resume could not replay its draws; start a new run from its weights with --run.init_from=PATH"
+            )
+
     def write_run_files(self, run_dir: Path) -> None:
         self.data.save_tokenizer(run_dir / TOKENIZER_DIR)
         (run_dir / DATA_RECORD).write_text(json.dumps(self.data.record(), indent=2) + "\n")
 
     def build_model(self) -> nn.Module:
         self.model = GPT.from_config(self.cfg, self.tokenizer.vocab_size)
+        # this rank reads micro-batches rank, rank + world_size, ...: their biases are drawn ahead on the device
+        self.biases = BiasDraws(self.model.bias_spec, self.cfg.run.seed, self.ctx.device, stride=self.ctx.world_size)
         return self.model
 
     def batch(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +61,8 @@ class LMTask(Task):
         return to_device(x, self.ctx.device), to_device(y, self.ctx.device)
 
     def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
-        biases = draw_biases(self.model.bias_spec, self.cfg.run.seed, micro_index, self.ctx.device)
         x, y = batch
-        return model(x, y, biases)[1]
+        return model(x, y, self.biases(micro_index))[1]
 
     @property
     def tokens_per_micro_batch(self) -> int:

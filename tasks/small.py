@@ -24,10 +24,14 @@ class SmallTask(Task):
     key or a wrong type is a one-line error); ``data_seed_key`` names the key of it that seeds the data
     instance (template, teacher, dataset), which ``small_tasks.verify`` varies. The per-step loss is kept
     on the device (``record``), so no step waits for the host; the analysis reads it at the end.
+    ``recorded`` names the attributes that hold such per-step records (tensors indexed by step, or
+    objects with ``state_dict``/``load_state_dict``, such as a ``Recorder``): they go into checkpoints,
+    so that a resumed run's checks see the steps taken before the resume.
     """
 
     config_class: type | None = None
     data_seed_key: str | None = None
+    recorded: tuple[str, ...] = ("trace",)
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
@@ -36,6 +40,25 @@ class SmallTask(Task):
         if self.config_class is not None:
             self.tc = build_section(self.config_class, cfg.task, "task")
         self.trace = torch.full((cfg.train.max_steps,), float("nan"), device=ctx.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {}
+        for name in self.recorded:
+            value = getattr(self, name)
+            state[name] = value if isinstance(value, torch.Tensor) else value.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The records of the steps before the resume; a run resumed to train longer fills the first rows."""
+        for name in self.recorded:
+            saved, value = state.get(name), getattr(self, name)
+            if saved is None:
+                continue
+            if isinstance(value, torch.Tensor):
+                rows = min(len(saved), len(value))
+                value[:rows] = saved[:rows].to(value)
+            else:
+                value.load_state_dict(saved)
 
     def record(self, micro_index: int, loss: torch.Tensor) -> None:
         if micro_index < len(self.trace):

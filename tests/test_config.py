@@ -74,3 +74,17 @@ def test_cli_errors_are_one_line_with_nonzero_exit(args, needle, tmp_path):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+def test_a_keyword_field_is_written_without_its_underscore():
+    from dataclasses import dataclass
+
+    from configs import build_section
+
+    @dataclass
+    class Section:
+        lambda_: float = 0.0
+
+    assert build_section(Section, {"lambda": 3}, "task").lambda_ == 3.0
+    with pytest.raises(UserError, match="did you mean 'task.lambda'"):
+        build_section(Section, {"lambda_": 3}, "task")

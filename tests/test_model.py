@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+import model.symmetry
 from configs import SymmetryConfig
-from model import GPT, GPTConfig, draw_biases
-from model.symmetry import BiasSpec
+from model import GPT, BiasDraws, GPTConfig, draw_biases
+from model.symmetry import BiasSpec, reference_biases
 
 
 def tiny(mode: str, **kw) -> GPT:
@@ -174,8 +175,8 @@ def test_the_forward_equals_the_architecture_written_by_hand(mlp, mode):
         assert (twin(x, biases=biases)[0][..., :50] - ours).abs().max() > 1e-6
 
 
-def spec(**kw) -> BiasSpec:
-    return BiasSpec(SymmetryConfig(mode="bqbv", **kw), n_layer=3, n_head=4, head_dim=8)
+def spec(mode: str = "bqbv", **kw) -> BiasSpec:
+    return BiasSpec(SymmetryConfig(mode=mode, **kw), n_layer=3, n_head=4, head_dim=8)
 
 
 def test_bias_draws_are_keyed_by_seed_micro_batch_and_layer():
@@ -191,11 +192,96 @@ def test_bias_draws_are_keyed_by_seed_micro_batch_and_layer():
     assert draw_biases(BiasSpec(SymmetryConfig(mode="symmetric"), 3, 4, 8), 1, 10) is None
 
 
+@pytest.mark.parametrize("kw", [{}, {"per_head": True}, {"k_bias": True}, {"mode": "bq"}])
+def test_vectorised_draws_equal_the_scalar_reference(kw):
+    s = spec(**kw)
+    for seed, m in [(0, 0), (1337, 5), (-1, 123_456_789), (7, 2**33 + 3)]:
+        fast, slow = draw_biases(s, seed, m), reference_biases(s, seed, m)
+        assert fast.keys() == slow.keys() == set(s.streams())
+        for name in fast:  # the same bits: the hash is exact integer work, Box-Muller the same float64 steps
+            assert torch.equal(fast[name], slow[name]), (name, seed, m)
+
+
+def test_a_stream_is_drawn_the_same_whichever_others_are_on():
+    q_only, both = spec(mode="bq"), spec()
+    assert torch.equal(draw_biases(q_only, 3, 9)["q"], draw_biases(both, 3, 9)["q"])
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_chunked_draws_are_the_single_draws_in_any_order(monkeypatch, stride):
+    monkeypatch.setattr(model.symmetry, "CHUNK_VALUES", 2 * 3 * 3 * 4 * 8 * 5)  # 5 micro-batches per chunk
+    s = spec(per_head=True)
+    draws = BiasDraws(s, seed=11, device="cpu", stride=stride)
+    assert draws.size == 5
+    # in order across chunk edges, then a resume far back, a jump ahead and an index off the chunk's grid
+    for m in [0, stride, 2 * stride, 5 * stride, 6 * stride, 1, 2, 40, 40 + stride, 39]:
+        got, want = draws(m), draw_biases(s, 11, m)
+        assert all(torch.equal(got[k], want[k]) for k in want), m
+
+
+def test_draws_of_ranks_together_are_the_draws_of_one_process():
+    s, seed = spec(), 5
+    one = BiasDraws(s, seed, "cpu", stride=1)
+    ranks = [BiasDraws(s, seed, "cpu", stride=2) for _ in range(2)]
+    for m in range(12):  # rank r of 2 reads micro-batches r, r + 2, ...
+        got, want = ranks[m % 2](m), one(m)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def draw_violations(z: torch.Tensor) -> list[str]:
+    """Which of the draw's properties standardised samples ``z`` (micro-batches, variables) break.
+
+    Predicted for independent N(0, 1) values: a Kolmogorov-Smirnov distance to the normal CDF below
+    1.95/sqrt(n) (the 0.1% critical value), every correlation between two variables (layers, heads,
+    coordinates) below 5/sqrt(N) in size, and the mean lag-1 correlation between consecutive
+    micro-batches within 5 standard errors of 0. A wrong shape, a layer that repeats another or
+    micro-batches that follow each other fail one of them."""
+    N, V = z.shape
+    out = []
+    x = z.flatten().sort().values.double()
+    n = x.numel()
+    cdf = 0.5 * (1 + torch.erf(x / 2**0.5))
+    ecdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = torch.maximum((ecdf - cdf).abs(), (ecdf - 1 / n - cdf).abs()).max().item()
+    if ks > 1.95 / n**0.5:
+        out.append(f"not normal: KS distance {ks:.4f}")
+    r = torch.corrcoef(z.T.double())
+    worst = (r - torch.eye(V, dtype=torch.float64)).abs().max().item()
+    if worst > 5 / N**0.5:
+        out.append(f"variables correlated: |r| up to {worst:.3f}")
+    zc = z - z.mean(0)
+    lag = ((zc[1:] * zc[:-1]).sum(0) / (zc * zc).sum(0)).mean().item()
+    if abs(lag) > 5 / (N * V) ** 0.5:
+        out.append(f"consecutive micro-batches correlated: mean lag-1 r {lag:.3f}")
+    return out
+
+
+def standardised(s: BiasSpec, draws: list[dict]) -> torch.Tensor:
+    cols = [(torch.stack([d[k] for d in draws]) - s.mean(k)) / s.std(k) for k in s.streams()]
+    return torch.cat([c.flatten(1) for c in cols], dim=1)
+
+
+def test_bias_draws_are_independent_normals_and_broken_ones_are_caught():
+    s = spec(per_head=True)
+    draws = BiasDraws(s, 0, "cpu")
+    z = standardised(s, [draws(m) for m in range(600)])  # 600 micro-batches x 192 variables
+    assert draw_violations(z) == []
+    uniform = (torch.rand(z.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 12**0.5
+    assert any("not normal" in v for v in draw_violations(uniform))
+    repeated_layer = z.clone().view(600, 2, 3, 4, 8)
+    repeated_layer[:, :, 1] = repeated_layer[:, :, 0]
+    assert any("variables correlated" in v for v in draw_violations(repeated_layer.view(600, -1)))
+    drifting = z.clone()
+    drifting[1:] = 0.6 * z[:-1] + 0.8 * z[1:]  # still N(0, 1), but each micro-batch leans on the last
+    assert any("consecutive" in v for v in draw_violations(drifting))
+
+
 def test_bias_draw_statistics_match_the_config():
     s = spec(per_head=True)
-    draws = [draw_biases(s, 0, m) for m in range(400)]  # 400 x 3 layers x 4 heads samples per coordinate
-    q = torch.stack([d["q"] for d in draws]).reshape(-1, 8)
-    v = torch.stack([d["v"] for d in draws]).reshape(-1, 8)
+    draws = BiasDraws(s, 0, "cpu")
+    samples = [draws(m) for m in range(400)]  # 400 x 3 layers x 4 heads samples per coordinate
+    q = torch.stack([d["q"] for d in samples]).reshape(-1, 8)
+    v = torch.stack([d["v"] for d in samples]).reshape(-1, 8)
     n = q.shape[0]
     assert torch.allclose(q.mean(0), torch.full((8,), 0.5), atol=4 * 0.15 / n**0.5)
     assert torch.allclose(q.std(0), torch.linspace(0.05, 0.15, 8), rtol=0.06)

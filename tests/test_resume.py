@@ -1,6 +1,7 @@
 """Resuming a run: exact continuation for every optimizer, damaged checkpoints, refused changes, and the
 evaluations and closing sample leaving the training streams alone."""
 
+import json
 import shutil
 
 import pytest
@@ -103,3 +104,19 @@ def test_the_closing_sample_and_the_evaluations_do_not_disturb_training(data_dir
     before = torch.get_rng_state()
     sample_text(loaded.model, loaded.tokenizer, "The ", 8, seed=5)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_checkpoint_whose_biases_were_drawn_another_way_is_refused(data_dir, tmp_path, capsys):
+    """A resume replays the bias draws of the steps to come; a checkpoint that records another draw
+    function (or none: those written before the record) cannot continue exactly, so it is refused."""
+    extra = ["--symmetry.mode=bqbv"]
+    assert train.main(args(data_dir, tmp_path, "a", *extra, steps=2)) == 0
+    path = checkpoints.list_checkpoints(tmp_path / "a")[-1]
+    state = torch.load(path, weights_only=True)
+    del state["task"]
+    torch.save(state, path)
+    checkpoints.sidecar(path).write_text(json.dumps({"step": 2, "sha256": checkpoints.sha256_file(path)}))
+    capsys.readouterr()
+    assert train.main(args(data_dir, tmp_path, "a", *extra, "--run.resume=true", steps=4)) == 2
+    assert "--run.init_from" in one_line_error(capsys.readouterr().err)
+    assert train.main(args(data_dir, tmp_path, "b", *extra, f"--run.init_from={path}", steps=2)) == 0

@@ -3,6 +3,7 @@ per-neuron SGD against a reference loop, models, config errors, and train.sync_i
 
 import json
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from configs import UserError, load_config
 from optim.per_neuron import PerNeuronSGD
 from small_tasks.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_param_groups
 from trainer import NonFiniteLoss, Trainer
+from trainer.exits import PREEMPTED_EXIT
+from trainer.loop import Hook
 
 CFG = "configs/small_tasks/"
 
@@ -204,3 +207,35 @@ def test_resumed_run_reaches_the_same_checks(tmp_path):
     assert whole["final_val_loss"] == resumed["final_val_loss"]
     assert whole["checks"]["plateau_levels"]["passed"] and resumed["checks"]["plateau_levels"]["passed"]
     assert whole["checks"]["learned_in_order_of_power"] == resumed["checks"]["learned_in_order_of_power"]
+
+
+class StopAt(Hook):
+    """Asks the trainer to stop after ``step``, as a SIGTERM would (read at the next step's sync)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_signal = signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("lazy_rich.toml", ["--task.singular_values=[3,2]", "--optim.lr=2e-3", "--train.max_steps=600"]),
+        ("quasi_homogeneous.toml", ["--train.max_steps=300", "--optim.lr=0.3"]),
+        ("get_rich_quick_relu.toml", ["--task.instances=2", "--task.width=10", "--task.n=50", "--train.max_steps=200"]),
+    ],
+)
+def test_records_kept_by_tasks_survive_a_preemption(tmp_path, config, overrides):
+    """A run stopped midway and resumed reports what the uninterrupted run reports: the per-step and
+    sampled records of the steps before the stop travel in the checkpoint."""
+    common = [f"--run.dir={tmp_path}", "--train.progress=false", "--run.threads=1", "--train.sync_interval=1"]
+    common += overrides
+    whole = Trainer(load_config(CFG + config, [*common, "--run.name=whole"])).run()
+    stopped = Trainer(load_config(CFG + config, [*common, "--run.name=cut"]), hooks=[StopAt(97)])
+    stopped.run()
+    assert stopped.exit_code == PREEMPTED_EXIT and stopped.state.step == 98
+    resumed = Trainer(load_config(CFG + config, [*common, "--run.name=cut", "--run.resume=true"])).run()
+    assert json.dumps(resumed["checks"], sort_keys=True) == json.dumps(whole["checks"], sort_keys=True)

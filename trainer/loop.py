@@ -200,6 +200,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             detail = " ".join(str(e).split())[:300]
             raise UserError(f"'{path}' does not fit this model and optimizer ({detail}); check the config") from None
+        self.task.load_state_dict(state.get("task", {}))
         self.state = TrainState.from_checkpoint(state, ctx.rank, ctx.world_size, ctx.device)
         return Path(path)
 
@@ -252,6 +253,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the loop
 
     def train(self) -> None:
+        self.start_training()
+        while self.state.step < self.max_steps:
+            if self.end_step(self.train_step()):
+                break
+
+    def start_training(self) -> None:
+        """What the steps share: clocks, the MFU figures, the loss buffers; the model in training mode.
+        (Benchmarks call it, then ``train_step`` directly, to time the steps the trainer runs.)"""
         self.t_start = self.t_log = time.time()
         self.tokens_log = self.state.tokens
         self.fpt = self.task.flops_per_token(self.model)
@@ -260,9 +269,6 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.ctx.device)
         self.shared = torch.zeros(2, device=self.ctx.device)  # [mean loss, stop flag]: one all-reduce per sync
         self.model.train()
-        while self.state.step < self.max_steps:
-            if self.end_step(self.train_step()):
-                break
 
     def train_step(self) -> StepResult:
         cfg, s = self.cfg, self.state
@@ -413,6 +419,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "config": to_dict(cfg),
             "world_size": ctx.world_size,
+            "task": self.task.state_dict(),
             **self.state.to_checkpoint(time.time() - self.t_start, rngs),
         }
         ctx.run_on_main(lambda: save_checkpoint(ctx.run_dir, self.state.step, payload, cfg.train.keep_checkpoints))
