@@ -52,9 +52,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command, resolve_device
-from data.dataset import resolve_folder
 from data.shards import find_shards, open_shard
-from eval.run import load_run
+from eval.run import load_run, run_dataset
 from model.symmetry import BiasSpec, draw_biases
 
 FUNCTION_WORDS = frozenset(
@@ -171,12 +170,15 @@ def frequency_classes(counts: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def train_token_counts(config: Any, vocab_size: int, max_tokens: int) -> np.ndarray | None:
-    """Token counts over the first ``max_tokens`` of the run's training split; None if it is unavailable."""
+def train_token_counts(
+    run: Any, vocab_size: int, max_tokens: int, data: str | None = None
+) -> tuple[np.ndarray | None, str]:
+    """Token counts over the first ``max_tokens`` of the training split of the data the run trained on
+    (its recorded folder, checked by fingerprint, or ``data``); None and the reason when there is none."""
     try:
-        files = find_shards(resolve_folder(config.data), "train")
-    except UserError:
-        return None
+        files = find_shards(run_dataset(run, data).folder, "train")
+    except UserError as e:
+        return None, str(e)
     counts = np.zeros(vocab_size, dtype=np.int64)
     left = max_tokens
     for f in files:
@@ -185,7 +187,7 @@ def train_token_counts(config: Any, vocab_size: int, max_tokens: int) -> np.ndar
         left -= len(tokens)
         if left <= 0:
             break
-    return counts
+    return counts, ""
 
 
 def enrichment(ranked: np.ndarray, classes: dict[str, np.ndarray], k: int) -> dict[str, float]:
@@ -377,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the draw or of the random direction")
     p.add_argument("--freq_tokens", type=int, default=10_000_000, help="training tokens counted for frequency bands")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    p.add_argument("--data", default=None, help="count token frequencies in this dataset folder instead of the run's")
     p.add_device()
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
@@ -385,14 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")
     V = model.config.vocab_size
     k = min(args.k, max(1, V // 10))
-    counts = train_token_counts(run.config, V, args.freq_tokens)
+    counts, why = train_token_counts(run, V, args.freq_tokens, args.data)
     positions = spaced_positions(model.config.block_size, args.positions)
     summary, cos, classes, paper, positional = analyse(
         model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True
     )
     summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
     if counts is None:
-        summary["note"] = "training split not found: no frequency bands"
+        summary["note"] = f"no frequency bands: {why}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "alignment.json").write_text(json.dumps(summary, indent=2))
