@@ -26,7 +26,8 @@ from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.toml"
-MODES = ("symmetric", "bq", "bqbv")  # symmetry.mode: which unlearned attention biases are drawn
+MLPS = ("prelu", "gelu", "gelu_exact")  # model.mlp: the MLP activation
+MODES = ("symmetric", "bq", "bqbv", "bv")  # symmetry.mode: which unlearned attention biases are drawn
 TOKENIZERS = ("byte", "gpt2", "bpe")  # data.tokenizer (and what a dataset's meta.json may name)
 
 
@@ -148,14 +149,14 @@ class ModelConfig:
     n_embd: int = 128
     block_size: int = 128
     vocab_size: int = 0  # 0: taken from the data's tokenizer
-    mlp: str = "prelu"  # prelu | gelu
+    mlp: str = "prelu"  # prelu | gelu (tanh approximation, GPT-2's) | gelu_exact (erf)
     prelu_mean: float = 0.2
     prelu_std: float = 1.0
     bias: bool = True
     dropout: float = 0.0
 
     def check(self) -> None:
-        one_of("model", "mlp", self.mlp, ("prelu", "gelu"))
+        one_of("model", "mlp", self.mlp, MLPS)
         at_least("model", 1, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size)
         at_least("model", 0, vocab_size=self.vocab_size)
         fraction("model", dropout=self.dropout)
@@ -167,7 +168,7 @@ class ModelConfig:
 class SymmetryConfig:
     """The unlearned attention biases: declared here once, read by the model and by the bias draws."""
 
-    mode: str = "bqbv"  # symmetric | bq | bqbv
+    mode: str = "bqbv"  # symmetric | bq | bqbv | bv (value bias only)
     q_mean: float = 0.5
     q_std_min: float = 0.05  # bQ's std is spaced linearly from q_std_min to q_std_max over head_dim
     q_std_max: float = 0.15

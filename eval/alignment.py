@@ -1,13 +1,17 @@
 """Which tokens' keys point along the query-bias direction bQ, per layer and head.
 
-    python -m eval.alignment RUN_DIR --out DIR [--positions 8] [--k 100] [--direction bq|random]
+    python -m eval.alignment RUN_DIR --out DIR [--positions 8] [--k 100] [--direction bq|draw|random]
 
 The query bias adds b to every query, so a key k gains b·k in every attention score: heads can use
-the fixed direction to promote (or suppress) whole token classes. This tool measures that.
+the fixed direction to promote (or suppress) whole token classes. This tool measures that, in two ways:
+ours (below) and the paper's, side by side.
 
 Definitions:
-  direction   layer l's mean bQ per head, normalised (the evaluation bias). A model without a query
-              bias (symmetric) gets a seeded random unit vector per layer and head as null baseline.
+  direction   per layer and head, normalised: ``bq`` the mean bQ that the run's [symmetry] settings
+              draw around (the evaluation bias; for a symmetric run, the one its biased twin would
+              get); ``draw`` one bQ drawn from that distribution per layer (seeded by --seed), the
+              paper's null baseline on a symmetric run; ``random`` a seeded isotropic unit vector
+              per layer and head, our null baseline. Default: bq, or random for a symmetric run.
   key vector  of token t at position p in layer l: LayerNorm_1^l(wte[t] + wpe[p]) W_k^l + b_k^l
               (+ the mean key bias if the model has one), split per head. At layer 0 this is the
               key the model computes; deeper layers apply their ln_1 and W_k to the same embedding
@@ -20,12 +24,22 @@ Token classes come from the decoded token text (digits, punctuation, capitalised
 function words, whitespace, leading space, non-ASCII) and from frequency bands over the first
 ``--freq_tokens`` tokens of the training split (top 1% of seen ids, 1-10%, 10-50%, bottom 50%, unseen).
 
+The paper's statistic ("paper" in alignment.json): cos(wte[t]·W_kᵀ, direction) per head, the raw
+token embedding through the key projection, without LayerNorm, position or key bias; and its
+positional-only map, cos(wpe[p]·W_kᵀ, direction) for every position p. Where the two differ is the
+LayerNorm (it centres and rescales the embedding), the learned key bias b_k (one vector added to
+every key, which can carry most of a key's component along bQ) and the position; per head the
+summary gives the Spearman correlation of the two token rankings.
+
 Writes DIR/alignment.json (summary), DIR/cosines.npy (layer, head, token) mean cosines for the full
-ranking, DIR/heatmap_layer{l}.png (per head: class x position mean cosine) and DIR/enrichment.png.
+ranking, DIR/heatmap_layer{l}.png (per head: class x position mean cosine), DIR/enrichment.png, and
+the paper's: DIR/paper_cosines.npy (layer, head, token), DIR/positional.npy (layer, head, position),
+DIR/positional_heatmap.png (layer x position, mean over heads) and DIR/positional_layers.png.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 import sys
@@ -38,9 +52,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command, resolve_device
-from data.dataset import resolve_folder
 from data.shards import find_shards, open_shard
-from eval.run import load_run
+from eval.run import load_run, run_dataset
+from model.symmetry import BiasSpec, draw_biases
 
 FUNCTION_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that "
@@ -49,19 +63,23 @@ FUNCTION_WORDS = frozenset(
 FREQ_BANDS = ("freq_top1pct", "freq_1_10pct", "freq_10_50pct", "freq_bottom50pct", "freq_unseen")
 
 
+DIRECTIONS = ("bq", "draw", "random")
+
+
 def query_directions(model: Any, direction: str = "bq", seed: int = 0) -> torch.Tensor:
-    """Unit vectors (n_layer, n_head, head_dim): the mean bQ, or seeded random ones."""
+    """Unit vectors (n_layer, n_head, head_dim): the mean bQ, one bQ draw, or seeded isotropic ones."""
     cfg = model.config
+    shape = (cfg.n_layer, cfg.n_head, cfg.head_dim)
+    # the query bias this model's [symmetry] settings describe, whatever its mode
+    spec = BiasSpec(dataclasses.replace(cfg.symmetry, mode="bq"), cfg.n_layer, cfg.n_head, cfg.head_dim)
     if direction == "bq":
-        means = model.mean_biases().get("q")
-        if means is None:
-            raise UserError("this model has no query bias (symmetric); use --direction random for the null baseline")
-        d = means.float().cpu().expand(cfg.n_layer, cfg.n_head, cfg.head_dim)
+        d = spec.means()["q"].float().expand(shape)
+    elif direction == "draw":
+        d = draw_biases(spec, seed, 0)["q"].float().expand(shape)
     elif direction == "random":
-        gen = torch.Generator().manual_seed(seed)
-        d = torch.randn(cfg.n_layer, cfg.n_head, cfg.head_dim, generator=gen)
+        d = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     else:
-        raise UserError(f"unknown --direction '{direction}'; use bq or random")
+        raise UserError(f"unknown --direction '{direction}'; use one of: {', '.join(DIRECTIONS)}")
     return d / d.norm(dim=-1, keepdim=True)
 
 
@@ -88,6 +106,28 @@ def key_cosines(model: Any, directions: torch.Tensor, positions: list[int], prog
             cos = (k * dirs[layer]).sum(-1) / k.norm(dim=-1).clamp_min(1e-12)
             out[layer, :, :, j] = cos.t().cpu()
     return out
+
+
+@torch.no_grad()
+def projection_cosines(model: Any, directions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(n_layer, n_head, len(rows)): cos(row·W_kᵀ, direction) per head, with no LayerNorm and no key
+    bias: the paper's statistic, for token embeddings (rows = wte) or position embeddings (rows = wpe)."""
+    cfg = model.config
+    C, H = cfg.n_embd, cfg.n_head
+    rows = rows.float()
+    dirs = directions.to(rows.device)
+    out = torch.empty(cfg.n_layer, H, len(rows))
+    for layer, block in enumerate(model.transformer.h):
+        k = F.linear(rows, block.attn.c_attn.weight[C : 2 * C].float()).view(len(rows), H, C // H)
+        cos = (k * dirs[layer]).sum(-1) / k.norm(dim=-1).clamp_min(1e-12)
+        out[layer] = cos.t().cpu()
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two score vectors (continuous scores: ties have probability zero)."""
+    ra, rb = (np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
@@ -130,12 +170,15 @@ def frequency_classes(counts: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def train_token_counts(config: Any, vocab_size: int, max_tokens: int) -> np.ndarray | None:
-    """Token counts over the first ``max_tokens`` of the run's training split; None if it is unavailable."""
+def train_token_counts(
+    run: Any, vocab_size: int, max_tokens: int, data: str | None = None
+) -> tuple[np.ndarray | None, str]:
+    """Token counts over the first ``max_tokens`` of the training split of the data the run trained on
+    (its recorded folder, checked by fingerprint, or ``data``); None and the reason when there is none."""
     try:
-        files = find_shards(resolve_folder(config.data), "train")
-    except UserError:
-        return None
+        files = find_shards(run_dataset(run, data).folder, "train")
+    except UserError as e:
+        return None, str(e)
     counts = np.zeros(vocab_size, dtype=np.int64)
     left = max_tokens
     for f in files:
@@ -144,7 +187,7 @@ def train_token_counts(config: Any, vocab_size: int, max_tokens: int) -> np.ndar
         left -= len(tokens)
         if left <= 0:
             break
-    return counts
+    return counts, ""
 
 
 def enrichment(ranked: np.ndarray, classes: dict[str, np.ndarray], k: int) -> dict[str, float]:
@@ -178,40 +221,50 @@ def analyse(
         raise UserError(f"--k must be in 1..{V}, got {k}")
     dirs = query_directions(model, direction, seed)
     cos = key_cosines(model, dirs, positions, progress)
+    paper = projection_cosines(model, dirs, model.transformer.wte.weight[:V]).numpy()
+    positional = projection_cosines(model, dirs, model.transformer.wpe.weight).numpy()
     texts = token_texts(tokenizer, V)
     classes = text_classes(texts)
     if counts is not None:
         classes.update(frequency_classes(counts))
     classes = {name: m for name, m in classes.items() if m.any()}  # an empty class has no enrichment
     score = cos.mean(dim=-1).numpy()  # (layer, head, token)
-    layers = []
+
+    def head_summary(s: np.ndarray, h: int) -> dict[str, Any]:
+        ranked = np.argsort(-s, kind="stable")
+
+        def listing(ids: np.ndarray) -> list[dict]:
+            return [{"id": int(i), "token": texts[i], "cos": float(s[i])} for i in ids]
+
+        return {
+            "head": h,
+            "mean_cos": float(s.mean()),
+            "top": listing(ranked[:show]),
+            "bottom": listing(ranked[::-1][:show]),
+            "enrichment_top": enrichment(ranked, classes, k),
+            "enrichment_bottom": enrichment(ranked[::-1], classes, k),
+        }
+
+    layers, paper_layers = [], []
     for layer in range(cfg.n_layer):
-        heads = []
-        for h in range(cfg.n_head):
-            ranked = np.argsort(-score[layer, h], kind="stable")
-
-            def listing(ids: np.ndarray, s=score[layer, h]) -> list[dict]:
-                return [{"id": int(i), "token": texts[i], "cos": float(s[i])} for i in ids]
-
-            heads.append(
-                {
-                    "head": h,
-                    "mean_cos": float(score[layer, h].mean()),
-                    "top": listing(ranked[:show]),
-                    "bottom": listing(ranked[::-1][:show]),
-                    "enrichment_top": enrichment(ranked, classes, k),
-                    "enrichment_bottom": enrichment(ranked[::-1], classes, k),
-                }
-            )
+        heads = [head_summary(score[layer, h], h) for h in range(cfg.n_head)]
         layers.append({"layer": layer, "direction": dirs[layer].tolist(), "heads": heads})
+        theirs = []
+        for h in range(cfg.n_head):
+            entry = head_summary(paper[layer, h], h)
+            entry["spearman_with_ours"] = spearman(paper[layer, h], score[layer, h])
+            entry["positional_mean_cos"] = float(positional[layer, h].mean())
+            theirs.append(entry)
+        paper_layers.append({"layer": layer, "heads": theirs})
     summary = {
         "direction": direction,
         "positions": positions,
         "k": k,
         "classes": {name: int(m.sum()) for name, m in classes.items()},
         "layers": layers,
+        "paper": {"statistic": "cos(wte W_k^T, direction), no LayerNorm, position or key bias", "layers": paper_layers},
     }
-    return summary, cos, classes
+    return summary, cos, classes, paper, positional
 
 
 def plot(out: Path, summary: dict[str, Any], cos: torch.Tensor, classes: dict[str, np.ndarray]) -> list[Path]:
@@ -258,20 +311,59 @@ def plot(out: Path, summary: dict[str, Any], cos: torch.Tensor, classes: dict[st
     return written + [path]
 
 
+def plot_positional(out: Path, direction: str, positional: np.ndarray) -> list[Path]:
+    """The paper's positional-only alignment: a layer x position heatmap (mean over heads) and, for
+    the first and the last layer, every head's curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    L = positional.shape[0]
+    fig, ax = plt.subplots(figsize=(10, 0.4 * L + 2))
+    mean = positional.mean(axis=1)
+    lim = float(np.abs(mean).max()) or 1.0
+    im = ax.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="none")
+    ax.set_xlabel("position")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(L))
+    fig.colorbar(im, ax=ax, label=f"cos(wpe W_k, {direction}), mean over heads")
+    ax.set_title("positional alignment (the paper's statistic: no LayerNorm, no key bias)")
+    heatmap = out / "positional_heatmap.png"
+    fig.savefig(heatmap, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, layer in zip(axes, (0, L - 1)):
+        ax.plot(positional[layer].T, lw=0.8)
+        ax.set_title(f"layer {layer}: every head")
+        ax.set_xlabel("position")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"cos(wpe W_k, {direction})")
+    layers = out / "positional_layers.png"
+    fig.savefig(layers, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [heatmap, layers]
+
+
 def spaced_positions(block_size: int, n: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, block_size - 1, max(1, n))})
 
 
 def format_summary(summary: dict[str, Any], n_tokens: int = 5) -> str:
-    """Per head: the most aligned tokens and the most enriched class among the top K."""
+    """Per head: the most aligned tokens and the most enriched class among the top K, ours and the paper's."""
     lines = [f"direction: {summary['direction']}, positions {summary['positions']}, top/bottom K = {summary['k']}"]
-    for layer in summary["layers"]:
-        for head in layer["heads"]:
+    for ours, theirs in zip(summary["layers"], summary["paper"]["layers"]):
+        for head, paper in zip(ours["heads"], theirs["heads"]):
             top = " ".join(repr(t["token"]) for t in head["top"][:n_tokens])
             cls, val = max(head["enrichment_top"].items(), key=lambda kv: kv[1])
             lines.append(
-                f"L{layer['layer']}H{head['head']}  mean cos {head['mean_cos']:+.3f}  "
+                f"L{ours['layer']}H{head['head']}  mean cos {head['mean_cos']:+.3f}  "
                 f"top: {top}  most enriched: {cls} ({val:+.2f})"
+            )
+            top = " ".join(repr(t["token"]) for t in paper["top"][:n_tokens])
+            lines.append(
+                f"      paper's: mean cos {paper['mean_cos']:+.3f}  top: {top}  "
+                f"rank agreement with ours (Spearman) {paper['spearman_with_ours']:+.2f}"
             )
     return "\n".join(lines)
 
@@ -283,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for alignment.json, cosines.npy and the PNGs")
     p.add_argument("--positions", type=int, default=8, help="positions spaced evenly over the context (incl. 0)")
     p.add_argument("--k", type=int, default=100, help="top/bottom K tokens for the enrichment (capped at vocab/10)")
-    p.add_argument("--direction", default=None, help="bq (default when the model has one) or random")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random direction")
+    p.add_argument("--direction", default=None, help="bq (default with a query bias), draw (paper's null), random")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw or of the random direction")
     p.add_argument("--freq_tokens", type=int, default=10_000_000, help="training tokens counted for frequency bands")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    p.add_argument("--data", default=None, help="count token frequencies in this dataset folder instead of the run's")
     p.add_device()
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
@@ -295,19 +388,25 @@ def main(argv: list[str] | None = None) -> int:
     direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")
     V = model.config.vocab_size
     k = min(args.k, max(1, V // 10))
-    counts = train_token_counts(run.config, V, args.freq_tokens)
+    counts, why = train_token_counts(run, V, args.freq_tokens, args.data)
     positions = spaced_positions(model.config.block_size, args.positions)
-    summary, cos, classes = analyse(model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True)
+    summary, cos, classes, paper, positional = analyse(
+        model, run.tokenizer, positions, k, direction, counts, args.seed, progress=True
+    )
     summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
     if counts is None:
-        summary["note"] = "training split not found: no frequency bands"
+        summary["note"] = f"no frequency bands: {why}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "alignment.json").write_text(json.dumps(summary, indent=2))
     np.save(out / "cosines.npy", cos.mean(dim=-1).numpy())
+    np.save(out / "paper_cosines.npy", paper)
+    np.save(out / "positional.npy", positional)
     plot(out, summary, cos, classes)
+    plot_positional(out, direction, positional)
     print(format_summary(summary))
-    print(f"wrote {out}/alignment.json, cosines.npy, heatmap_layer*.png, enrichment.png")
+    print(f"wrote {out}/alignment.json, cosines.npy, heatmap_layer*.png, enrichment.png, and the paper's")
+    print("statistic: paper_cosines.npy, positional.npy, positional_heatmap.png, positional_layers.png")
     return 0
 
 

@@ -62,7 +62,7 @@ def import_run(src: str, out_run: str | Path, tokenizer: str = "gpt2") -> Path:
                 "n_embd": c.n_embd,
                 "block_size": c.block_size,
                 "vocab_size": c.vocab_size,
-                "mlp": "gelu",
+                "mlp": c.mlp,
             },
             "symmetry": {"mode": "symmetric"},
             "data": {"tokenizer": tokenizer},

@@ -1,6 +1,7 @@
 """The logic-puzzle suite: eight categories of templated items, scored by next-token statistics.
 
     python -m eval.logic RUN_DIR [--n 100] [--out FILE.json] [--no_bias]
+    python -m eval.logic RUN_DIR --items FILE.jsonl      # any item set, e.g. the paper's own
 
 Answer categories (a prompt and the answer that continues it):
   numeric      arithmetic, geometric and Fibonacci-like sequences: "3, 7, 11, 15," -> " 19"
@@ -27,6 +28,21 @@ Scores of a pair item: log_ratio = mean NLL(contrast) - mean NLL(reference) per 
 exp(mean log_ratio) (a geometric mean of the per-item ratios), prefer = share of items with ratio > 1.
 95% intervals: Wilson for proportions (top1, top5, prefer), a percentile bootstrap with a fixed seed
 (2000 resamples) for means (rank, logprob, log_ratio; ppl_ratio's interval is exp of log_ratio's).
+
+The paper's scores, next to ours under "paper" in each category: every sequence without the
+end-of-text prefix, and an answer item scored by its first token alone:
+  first_token_loss  -log p(first answer token | prompt); its mean over every answer item of the
+                    suite is the paper's "logic loss" (logic_loss in the summary)
+  top1, top5        the first answer token is the most likely, or among the five most likely
+  in_top10          the share whose first answer token is among the ten most likely, and
+  mean_rank_top10   the mean rank of those (the paper ranks only within its top ten)
+  completion_loss   the mean per-token loss of the whole answer
+  ppl_ratio         for pairs, the arithmetic mean over items of ppl(contrast) / ppl(reference)
+
+An item file (``--items``) holds one JSON object per line: {"category": ..., "prompt": ..., "answer":
+...} for an answer item or {"category": ..., "prompt": ..., "contrast": ...} for a pair item (the
+prompt is then the reference sentence), with an optional "kind"; any category names, each category
+of one sort. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -51,8 +67,12 @@ from eval.run import load_run
 ANSWER_CATEGORIES = ("numeric", "alphabetic", "near", "far", "inference", "copying")
 PAIR_CATEGORIES = ("negation", "syntax")
 CATEGORIES = ANSWER_CATEGORIES + PAIR_CATEGORIES
+SCORINGS = ("ours", "paper")  # ours: an end-of-text prefix, whole answers; the paper's: neither
 BOOTSTRAP_RESAMPLES = 2000
 Z95 = 1.959963984540054
+
+
+ITEM_KEYS = ("category", "prompt", "answer", "contrast", "kind")
 
 
 @dataclass(frozen=True)
@@ -201,6 +221,46 @@ def suite_items(n: int, seed: int = 0) -> dict[str, list[Item]]:
     return {c: generate_items(c, n, seed) for c in CATEGORIES}
 
 
+def read_items(path: str | Path) -> dict[str, list[Item]]:
+    """The items of a JSON-lines file, by category in the order they first appear (module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"items file '{path}' not found; pass a JSON-lines file of logic items")
+    items: dict[str, list[Item]] = {}
+    sort: dict[str, tuple[str, int]] = {}  # category -> (answer | pair, the line that set it)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{where}: not valid JSON ({e}); write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{where}: expected a JSON object like {{\"category\": ..., \"prompt\": ...}}")
+        unknown = sorted(set(obj) - set(ITEM_KEYS))
+        if unknown:
+            raise UserError(f"{where}: unknown key '{unknown[0]}'; an item has the keys {', '.join(ITEM_KEYS)}")
+        if ("answer" in obj) == ("contrast" in obj):
+            raise UserError(f"{where}: give exactly one of \"answer\" (an answer item) or \"contrast\" (a pair item)")
+        kind = "answer" if "answer" in obj else "pair"
+        for key in ("category", "prompt", kind if kind == "answer" else "contrast"):
+            if not isinstance(obj.get(key), str) or not obj[key]:
+                raise UserError(f"{where}: \"{key}\" must be a non-empty string")
+        category = obj["category"]
+        first = sort.setdefault(category, (kind, number))
+        if first[0] != kind:
+            raise UserError(
+                f"{where}: category '{category}' holds {first[0]} items (line {first[1]}) and this is a {kind} item; "
+                "give it its own category"
+            )
+        kind_name, answer, contrast = str(obj.get("kind", category)), obj.get("answer", ""), obj.get("contrast", "")
+        items.setdefault(category, []).append(Item(category, kind_name, obj["prompt"], answer, contrast))
+    if not items:
+        raise UserError(f"items file '{path}' holds no items; write one JSON object per line")
+    return items
+
+
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
@@ -296,6 +356,32 @@ def answer_scores(scores: list[TokenScores]) -> dict[str, Any]:
     }
 
 
+def paper_answer_scores(scores: list[TokenScores]) -> dict[str, Any]:
+    """The paper's scores of answer items (no end-of-text prefix): the first answer token's."""
+    loss = np.array([-s.logprob[0] for s in scores])
+    rank = np.array([s.rank[0] for s in scores], dtype=np.float64)
+    n = len(scores)
+    top1, top5, top10 = (float((rank <= k).sum()) for k in (1, 5, 10))
+    return {
+        "n": n,
+        "first_token_loss": float(loss.mean()),
+        "first_token_loss_ci": bootstrap_mean_ci(loss),
+        "top1": top1 / n,
+        "top1_ci": wilson(top1, n),
+        "top5": top5 / n,
+        "top5_ci": wilson(top5, n),
+        "in_top10": top10 / n,
+        "mean_rank_top10": float(rank[rank <= 10].mean()) if top10 else None,
+        "completion_loss": float(np.mean([-s.logprob.mean() for s in scores])),
+    }
+
+
+def paper_pair_scores(reference: list[TokenScores], contrast: list[TokenScores]) -> dict[str, Any]:
+    """The paper's pair score: the arithmetic mean of the per-item perplexity ratios."""
+    ratio = np.array([math.exp(r.logprob.mean() - c.logprob.mean()) for r, c in zip(reference, contrast)])
+    return {"n": len(ratio), "ppl_ratio": float(ratio.mean()), "ppl_ratio_ci": bootstrap_mean_ci(ratio)}
+
+
 def pair_scores(reference: list[TokenScores], contrast: list[TokenScores]) -> dict[str, Any]:
     log_ratio = np.array([-c.logprob.mean() + r.logprob.mean() for r, c in zip(reference, contrast)])
     n = len(log_ratio)
@@ -321,39 +407,47 @@ def evaluate_items(
     batch_size: int = 16,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Scores per category for ``items`` (as from ``suite_items``); see the module docstring."""
+    """Scores per category for ``items`` (as from ``suite_items`` or ``read_items``), ours and, under
+    "paper", the paper's (every sequence scored a second time, without the end-of-text prefix)."""
     cfg = model.config
-    bos = [tokenizer.eot]
-    seqs, starts, where = [], [], []  # where: (category, item index, "answer" | "reference" | "contrast")
-    for category, group in items.items():
-        for i, item in enumerate(group):
-            if item.answer:
-                ctx = bos + tokenizer.encode(item.prompt)
-                seqs.append(ctx + tokenizer.encode(item.answer))
-                starts.append(len(ctx))
-                where.append((category, i, "answer"))
-            else:
-                for role, text in (("reference", item.prompt), ("contrast", item.contrast)):
-                    seqs.append(bos + tokenizer.encode(text))
-                    starts.append(1)
-                    where.append((category, i, role))
+    seqs, starts, where = [], [], []  # where: (scoring, category, "answer" | "reference" | "contrast")
+    for scoring, prefix in zip(SCORINGS, ([tokenizer.eot], [])):
+        for category, group in items.items():
+            for item in group:
+                texts = [("answer", item.prompt)] if item.answer else [("reference", item.prompt)]
+                texts += [] if item.answer else [("contrast", item.contrast)]
+                for role, text in texts:
+                    ctx = prefix + tokenizer.encode(text)
+                    seq = ctx + tokenizer.encode(item.answer) if item.answer else ctx
+                    if len(seq) < 2 or not ctx:
+                        raise UserError(
+                            f"a {category} item is too short to score without an end-of-text prefix ({text!r}); "
+                            "give it a longer prompt"
+                        )
+                    seqs.append(seq)
+                    starts.append(len(ctx) if item.answer else 1)
+                    where.append((scoring, category, role))
     was_training = model.training
     model.eval()
     try:
         scores = score_tokens(model, seqs, starts, cfg.vocab_size, cfg.block_size, device, biases, batch_size, progress)
     finally:
         model.train(was_training)
-    by_role: dict[tuple[str, str], list[TokenScores]] = {}
+    by_role: dict[tuple[str, str, str], list[TokenScores]] = {}
     cut: dict[str, int] = {}
-    for (category, _, role), s, seq in zip(where, scores, seqs):
-        by_role.setdefault((category, role), []).append(s)
-        cut[category] = cut.get(category, 0) + (len(seq) > cfg.block_size)
+    for (scoring, category, role), s, seq in zip(where, scores, seqs):
+        by_role.setdefault((scoring, category, role), []).append(s)
+        if scoring == "ours":
+            cut[category] = cut.get(category, 0) + (len(seq) > cfg.block_size)
     results = {}
     for category in items:
-        if (category, "answer") in by_role:
-            results[category] = answer_scores(by_role[(category, "answer")])
+        if ("ours", category, "answer") in by_role:
+            results[category] = answer_scores(by_role[("ours", category, "answer")])
+            results[category]["paper"] = paper_answer_scores(by_role[("paper", category, "answer")])
         else:
-            results[category] = pair_scores(by_role[(category, "reference")], by_role[(category, "contrast")])
+            ours, paper = ([by_role[(how, category, r)] for r in ("reference", "contrast")] for how in SCORINGS)
+            results[category] = pair_scores(*ours)
+            results[category]["paper"] = paper_pair_scores(*paper)
         results[category]["truncated"] = cut[category]
     return results
 
@@ -373,16 +467,22 @@ def evaluate_suite(
     return evaluate_items(model, tokenizer, suite_items(n, seed), device, biases, batch_size, progress)
 
 
+def is_answer(result: dict[str, Any]) -> bool:
+    return "top1" in result
+
+
 def flat_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """A flat dict for the training log: pooled top-1/top-5 over answer items, one number per category."""
-    answer = [r for c, r in results.items() if c in ANSWER_CATEGORIES]
+    """A flat dict for the training log: pooled over answer items our top-1/top-5 and the paper's logic
+    loss (the mean first-token loss), then one number per category."""
+    answer = [r for r in results.values() if is_answer(r)]
     total = sum(r["n"] for r in answer)
     out: dict[str, float] = {}
     if total:
         out["logic_top1"] = sum(r["top1"] * r["n"] for r in answer) / total
         out["logic_top5"] = sum(r["top5"] * r["n"] for r in answer) / total
+        out["logic_loss"] = sum(r["paper"]["first_token_loss"] * r["n"] for r in answer) / total
     for c, r in results.items():
-        key = "top1" if c in ANSWER_CATEGORIES else "ppl_ratio"
+        key = "top1" if is_answer(r) else "ppl_ratio"
         out[f"logic_{c}_{key}"] = r[key]
     return out
 
@@ -397,21 +497,39 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         lo, hi = r[f"{key}_ci"]
         return f"{r[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
-    head = f"{'category':<11} {'n':>4}  {'top-1':<19} {'top-5':<19} {'mean rank':<28} {'log-prob':<24}"
-    lines = [head, "-" * len(head)]
-    for c, r in results.items():
-        if c in ANSWER_CATEGORIES:
+    width = max([11, *(len(c) for c in results)])
+    answers = [c for c, r in results.items() if is_answer(r)]
+    pairs = [c for c, r in results.items() if not is_answer(r)]
+    lines: list[str] = []
+    if answers:
+        head = f"{'category':<{width}} {'n':>4}  {'top-1':<19} {'top-5':<19} {'mean rank':<28} {'log-prob':<24}"
+        lines += [head, "-" * len(head)]
+        for c in answers:
+            r = results[c]
             lines.append(
-                f"{c:<11} {r['n']:>4}  {ci(r, 'top1', '.2f'):<19} {ci(r, 'top5', '.2f'):<19} "
+                f"{c:<{width}} {r['n']:>4}  {ci(r, 'top1', '.2f'):<19} {ci(r, 'top5', '.2f'):<19} "
                 f"{ci(r, 'mean_rank', '.1f'):<28} {ci(r, 'logprob', '.2f'):<24}"
             )
-    pairs = [c for c in results if c in PAIR_CATEGORIES]
     if pairs:
-        head2 = f"{'category':<11} {'n':>4}  {'ppl ratio':<22} {'prefers reference':<19}"
-        lines += ["", head2, "-" * len(head2)]
+        head2 = f"{'category':<{width}} {'n':>4}  {'ppl ratio':<22} {'prefers reference':<19}"
+        lines += ["", head2, "-" * len(head2)] if lines else [head2, "-" * len(head2)]
         for c in pairs:
             r = results[c]
-            lines.append(f"{c:<11} {r['n']:>4}  {ci(r, 'ppl_ratio', '.3f'):<22} {ci(r, 'prefer', '.2f'):<19}")
+            lines.append(f"{c:<{width}} {r['n']:>4}  {ci(r, 'ppl_ratio', '.3f'):<22} {ci(r, 'prefer', '.2f'):<19}")
+    head3 = f"{'category':<{width}} {'n':>4}  {'first-token loss':<24} {'top-1':<19} {'top-5':<19} ppl ratio (mean)"
+    lines += ["", "the paper's scores (no end-of-text prefix; answers by their first token):", head3, "-" * len(head3)]
+    for c, r in results.items():
+        paper = r["paper"]
+        if is_answer(r):
+            row = f"{ci(paper, 'first_token_loss', '.3f'):<24} {ci(paper, 'top1', '.2f'):<19} "
+            row += f"{ci(paper, 'top5', '.2f'):<19}"
+        else:
+            row = f"{'':<24} {'':<19} {'':<19} {ci(paper, 'ppl_ratio', '.3f')}"
+        lines.append(f"{c:<{width}} {r['n']:>4}  {row}")
+    summary = flat_summary(results)
+    if "logic_loss" in summary:
+        loss = summary["logic_loss"]
+        lines.append(f"logic loss (the paper's: mean first-token loss over every answer item): {loss:.4f}")
     cut = sum(r.get("truncated", 0) for r in results.values())
     if cut:
         lines.append(f"note: {cut} sequence(s) longer than the context were cut from the left")
@@ -424,24 +542,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=100, help="items per category")
     p.add_argument("--seed", type=int, default=0, help="seed of the item templates")
-    p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/logic.json, or logic_nobias.json)")
+    p.add_argument("--items", default=None, help="a JSON-lines file of items to score instead of the suite")
+    p.add_argument("--out", default=None, help="JSON file (default RUN_DIR/logic.json; others with --no_bias, --items)")
     p.add_argument("--no_bias", action="store_true", help="drop the mean attention biases at inference")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_device()
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
+    items = read_items(args.items) if args.items else suite_items(args.n, args.seed)
     run = load_run(args.run_dir, args.device, args.checkpoint)
-    results = evaluate_suite(
-        run.model, run.tokenizer, args.n, args.seed, args.device, args.no_bias, args.batch_size, progress=True
-    )
-    default = "logic_nobias.json" if args.no_bias else "logic.json"  # eval.report reads logic.json
+    biases = {} if args.no_bias else None
+    results = evaluate_items(run.model, run.tokenizer, items, args.device, biases, args.batch_size, progress=True)
+    # eval.report reads logic.json: the built-in suite with the mean biases
+    default = f"logic_{Path(args.items).stem}" if args.items else "logic"
+    default += "_nobias.json" if args.no_bias else ".json"
     out = Path(args.out) if args.out else run.run_dir / default
+    source = {"items": str(args.items)} if args.items else {"n": args.n, "seed": args.seed}
     meta = {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
-        "n": args.n,
-        "seed": args.seed,
+        **source,
         "biases": "none" if args.no_bias else "mean",
         "tokenizer": run.tokenizer.name,
     }

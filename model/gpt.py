@@ -86,11 +86,16 @@ class PReLU(nn.Module):
         return torch.where(x >= 0, x, x * self.weight)
 
 
+def gelu(mlp: str) -> nn.GELU:
+    """``gelu``: the tanh approximation (GPT-2's ``gelu_new``); ``gelu_exact``: x·Φ(x) with the erf."""
+    return nn.GELU(approximate="tanh" if mlp == "gelu" else "none")
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.act = PReLU(4 * cfg.n_embd) if cfg.mlp == "prelu" else nn.GELU(approximate="tanh")
+        self.act = PReLU(4 * cfg.n_embd) if cfg.mlp == "prelu" else gelu(cfg.mlp)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 

@@ -5,7 +5,8 @@
 
 Export folds the mean attention biases into the projection bias first (exact, see
 GPT.fold_mean_biases), so nothing of the symmetry breaking is left at inference. A GELU model then
-is a stock ``GPT2LMHeadModel`` (our GELU is the tanh approximation, GPT-2's ``gelu_new``; GPT-2's
+is a stock ``GPT2LMHeadModel`` (``gelu`` is the tanh approximation, GPT-2's ``gelu_new``; ``gelu_exact``
+is transformers' ``gelu``; GPT-2's
 Conv1D stores weights as (in, out), the transpose of nn.Linear). A PReLU model needs its own code:
 ``model/hf_modeling.py`` is copied in as ``modeling_symbreak.py`` and loads with
 ``AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)``. Logits cover the real
@@ -28,6 +29,8 @@ from model.gpt import GPT, GPTConfig
 from model.hf_modeling import SymbreakConfig, SymbreakForCausalLM
 
 MODELING_FILE = Path(__file__).with_name("hf_modeling.py")
+# our GELUs and the names transformers gives them
+GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu"}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -56,7 +59,7 @@ def _with_zero_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def to_gpt2(model: GPT, eot: int | None = None):
     """A transformers ``GPT2LMHeadModel`` computing the same logits (GELU models only)."""
-    if model.config.mlp != "gelu":
+    if model.config.mlp not in GPT2_ACTIVATION:
         raise UserError("only a GELU model exports to stock GPT-2; a PReLU model needs the custom code (--custom)")
     cfg, state = folded_state(model)
     hf_cfg = GPT2Config(
@@ -66,7 +69,7 @@ def to_gpt2(model: GPT, eot: int | None = None):
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_inner=4 * cfg.n_embd,
-        activation_function="gelu_new",
+        activation_function=GPT2_ACTIVATION[model.config.mlp],
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -113,7 +116,7 @@ def export(model: GPT, out_dir: str | Path, eot: int | None = None, custom: bool
     Returns "gpt2" for a stock GPT-2 export, "custom" otherwise.
     """
     out = Path(out_dir)
-    if custom or model.config.mlp != "gelu":
+    if custom or model.config.mlp not in GPT2_ACTIVATION:
         hf = to_custom(model, eot)
         hf.config.auto_map = {
             "AutoConfig": "modeling_symbreak.SymbreakConfig",
@@ -129,8 +132,9 @@ def export(model: GPT, out_dir: str | Path, eot: int | None = None, custom: bool
 def from_gpt2(hf: Any) -> GPT:
     """Our GPT (symmetric, GELU) with the weights of a transformers ``GPT2LMHeadModel``."""
     c = hf.config
-    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"GPT-2 activation '{c.activation_function}' is not the tanh GELU this model uses")
+    mlp = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}.get(c.activation_function)
+    if mlp is None:
+        raise UserError(f"GPT-2 activation '{c.activation_function}' is not a GELU (gelu_new, gelu) this model has")
     if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
         raise UserError(f"GPT-2 layer_norm_epsilon {c.layer_norm_epsilon} differs from the model's 1e-5")
     if c.n_inner not in (None, 4 * c.n_embd):
@@ -141,7 +145,7 @@ def from_gpt2(hf: Any) -> GPT:
         n_layer=c.n_layer,
         n_head=c.n_head,
         n_embd=c.n_embd,
-        mlp="gelu",
+        mlp=mlp,
         symmetry=SymmetryConfig(mode="symmetric"),
     )
     model = GPT(cfg)

@@ -3,7 +3,7 @@
 This file is copied next to the weights as ``modeling_symbreak.py`` and must stay self-contained:
 it imports only torch and transformers. The exported model is the training model with its mean
 attention biases folded into the query/key/value projection bias, so attention here is plain causal
-attention; the MLP is PReLU with one learned negative slope per feature, or tanh-approximated GELU.
+attention; the MLP is PReLU with one learned negative slope per feature, or GELU (tanh-approximated or exact).
 Embeddings are tied: the logits are the final hidden states times the token embedding matrix.
 
 Generation uses transformers' key/value cache (``use_cache=True``, the default of ``generate``) while
@@ -20,6 +20,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+GELU_APPROXIMATION = {"gelu": "tanh", "gelu_exact": "none"}  # the tanh GELU (GPT-2's) or the exact one
 # transformers 5 calls the cache argument and output field `cache`, earlier versions `past_key_values`
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
@@ -99,7 +100,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = nn.Module()
         self.mlp.c_fc = nn.Linear(C, 4 * C, bias=cfg.bias)
-        self.mlp.act = PReLU(4 * C) if cfg.mlp == "prelu" else nn.GELU(approximate="tanh")
+        self.mlp.act = PReLU(4 * C) if cfg.mlp == "prelu" else nn.GELU(approximate=GELU_APPROXIMATION[cfg.mlp])
         self.mlp.c_proj = nn.Linear(4 * C, C, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:

@@ -51,7 +51,7 @@ class BiasSpec:
 
     @property
     def has_v(self) -> bool:
-        return self.symmetry.mode == "bqbv"
+        return self.symmetry.mode in ("bqbv", "bv")
 
     @property
     def has_k(self) -> bool:

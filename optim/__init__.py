@@ -96,21 +96,27 @@ def resolve(cfg: Config) -> Config:
 
 
 def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
-    """A stored config from before the per-optimizer tables, in today's shape.
+    """A stored config from an older version, in today's shape.
 
     The old ``[optim]`` held every optimizer's knobs side by side; the ones of the optimizer that ran
-    move into its table, the others (never used by that run) are dropped.
+    move into its table, the others (never used by that run) are dropped. A knob added to that table
+    since takes its default, which is what the run did before the knob existed.
     """
     old = data.get("optim")
-    if not isinstance(old, dict) or any(isinstance(v, dict) for v in old.values()) or "momentum" not in old:
+    if not isinstance(old, dict):
         return data
     name = old.get("name", "adamw")
-    shared = {f.name for f in dataclasses.fields(OptimConfig) if not f.metadata.get("tables")} - {"lr"}
-    own = {f.name for f in dataclasses.fields(get_module(name).Options)}
-    new = {k: v for k, v in old.items() if k in shared}
-    if old.get("decay_embeddings"):
-        new["decay"] = "matrices_and_embeddings"
-    new[name] = {k: v for k, v in old.items() if k in own}
+    new = old
+    if not any(isinstance(v, dict) for v in old.values()) and "momentum" in old:
+        shared = {f.name for f in dataclasses.fields(OptimConfig) if not f.metadata.get("tables")} - {"lr"}
+        own = {f.name for f in dataclasses.fields(get_module(name).Options)}
+        new = {k: v for k, v in old.items() if k in shared}
+        if old.get("decay_embeddings"):
+            new["decay"] = "matrices_and_embeddings"
+        new[name] = {k: v for k, v in old.items() if k in own}
+    table = new.get(name)
+    if name in OPTIMIZERS and isinstance(table, dict):
+        new = {**new, name: {**dataclasses.asdict(OPTIMIZERS[name].Options()), **table}}
     return {**data, "optim": new}
 
 

@@ -16,6 +16,13 @@ Adam step, so a projection never contains the gradient it projects (except on th
 1-D parameters have no sides: plain AdamW with the same conventions as ``torch.optim.AdamW``.
 All state is fp32 (fp64 for fp64 parameters), whatever the autocast dtype.
 
+``original=True`` takes the step of the original SOAP code (the copy the paper's runs used) instead:
+the first step only accumulates the Gram matrices and computes the eigenbases, without moving any
+parameter; Adam's step count t starts on the second step, so the refreshes come at t = 10, 20, ...;
+eps is added to √V before the bias corrections, which go into the step size,
+W ← W − lr·√(1−β2ᵗ)/(1−β1ᵗ) · Q_L [M̃ / (√V + eps)] Q_Rᵀ; and the decay follows the update,
+W ← W·(1 − lr·wd), so it shrinks the updated weights.
+
 Under DDP every rank holds the same all-reduced gradients, hence the same Gram matrices. With
 ``spread_refresh`` the eigendecompositions and refreshes, SOAP's one expensive part, are shared out:
 each parameter's goes to one rank (balanced by the cubed side sizes), which broadcasts the bases and
@@ -49,6 +56,7 @@ class Options:  # [optim.soap]
     max_precond_dim: int = 10000  # a matrix side longer than this is not preconditioned
     shampoo_beta: float = -1.0  # EMA of the Gram matrices; < 0: betas[1]
     spread_refresh: bool = True  # DDP: each rank refreshes a share of the eigenbases and broadcasts them
+    original: bool = False  # the original SOAP code's step (the paper's): see the module docstring
 
     def check(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -123,6 +131,7 @@ class SOAP(torch.optim.Optimizer):
         max_precond_dim: int = 10000,
         shampoo_beta: float = -1.0,
         spread_refresh: bool = True,
+        original: bool = False,
     ):
         Options(lr, list(betas), eps, weight_decay, precondition_frequency, max_precond_dim, shampoo_beta).check()
         defaults = dict(
@@ -133,6 +142,7 @@ class SOAP(torch.optim.Optimizer):
             precondition_frequency=precondition_frequency,
             max_precond_dim=max_precond_dim,
             shampoo_beta=shampoo_beta,
+            original=original,
         )
         super().__init__(params, defaults)
         self.spread_refresh = spread_refresh
@@ -219,6 +229,33 @@ class SOAP(torch.optim.Optimizer):
         for handle in pending:
             handle.wait()
 
+    def _adam(self, group: dict, params: list, states: list[dict], grads: list, steps: list[int]) -> None:
+        """Adam in the eigenbasis on ``params`` (each at its Adam step count in ``steps``), with decay."""
+        beta1, beta2 = group["betas"]
+        lr, wd, original = group["lr"], group["weight_decay"], group.get("original", False)
+        projected = [self._project(s, g) for s, g in zip(states, grads)]
+        exp_avg = [s["exp_avg"] for s in states]
+        exp_avg_sq = [s["exp_avg_sq"] for s in states]
+        torch._foreach_lerp_(exp_avg, projected, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, projected, projected, value=1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        if original:  # eps on √V; both bias corrections in the step size
+            torch._foreach_add_(denom, group["eps"])
+            scale = [-lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
+        else:
+            torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+            torch._foreach_add_(denom, group["eps"])
+            scale = [-lr / (1 - beta1**t) for t in steps]
+        direction = torch._foreach_div(exp_avg, denom)
+        torch._foreach_mul_(direction, scale)
+        updates = [self._project_back(s, d).view_as(p).to(p.dtype) for s, d, p in zip(states, direction, params)]
+        if wd and not original:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, updates)
+        if wd and original:  # the decay shrinks the updated weights
+            torch._foreach_mul_(params, 1 - lr * wd)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -229,8 +266,7 @@ class SOAP(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            beta1, beta2 = group["betas"]
-            shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else beta2
+            shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
             states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
             grads = [_matrix(p.grad).to(s["exp_avg"].dtype) for p, s in zip(params, states)]
             for s, g in zip(states, grads):
@@ -239,26 +275,18 @@ class SOAP(torch.optim.Optimizer):
                     self._grams(s, g, shampoo_beta)
             first = [s for s in states if s["step"] == 1 and _has_sides(s)]
             self._spread(first, self._first_basis, BASES)
-            projected = [self._project(s, g) for s, g in zip(states, grads)]
-            exp_avg = [s["exp_avg"] for s in states]
-            exp_avg_sq = [s["exp_avg_sq"] for s in states]
-            torch._foreach_lerp_(exp_avg, projected, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sq, beta2)
-            torch._foreach_addcmul_(exp_avg_sq, projected, projected, value=1 - beta2)
-            steps = [s["step"] for s in states]
-            denom = torch._foreach_sqrt(exp_avg_sq)
-            torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
-            torch._foreach_add_(denom, group["eps"])
-            direction = torch._foreach_div(exp_avg, denom)
-            torch._foreach_mul_(direction, [-group["lr"] / (1 - beta1**t) for t in steps])
-            updates = [self._project_back(s, d).view_as(p).to(p.dtype) for s, d, p in zip(states, direction, params)]
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_add_(params, updates)
+            original = group.get("original", False)  # a checkpoint from before the switch has none
+            # Adam's step count: the original code's first step only builds the preconditioners
+            adam_steps = [s["step"] - 1 if original else s["step"] for s in states]
+            live = [k for k, t in enumerate(adam_steps) if t > 0]
+            if live:
+                self._adam(group, [params[k] for k in live], [states[k] for k in live],
+                           [grads[k] for k in live], [adam_steps[k] for k in live])
             for s, g in zip(states, grads):
                 if s["step"] > 1:
                     self._grams(s, g, shampoo_beta)
-            due = [s for s in states if s["step"] % group["precondition_frequency"] == 0 and _has_sides(s)]
+            k = group["precondition_frequency"]
+            due = [s for s, t in zip(states, adam_steps) if t > 0 and t % k == 0 and _has_sides(s)]
             self._spread(due, self._refresh, (*BASES, "exp_avg", "exp_avg_sq"))
         return loss
 
@@ -274,4 +302,5 @@ def build(param_groups: list[dict], o: Options) -> SOAP:
         max_precond_dim=o.max_precond_dim,
         shampoo_beta=o.shampoo_beta,
         spread_refresh=o.spread_refresh,
+        original=o.original,
     )

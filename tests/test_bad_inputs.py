@@ -106,9 +106,9 @@ def test_config_inheritance_mistakes(text, needle, tmp_path, capsys):
 def test_the_command_line_wins_over_the_files_length_of_run():
     from configs import load_config
 
-    paper = load_config(CONFIGS / "paper/adamw.toml", ["--train.max_steps=2"])
+    paper = load_config(CONFIGS / "paper/prelu.toml", ["--train.max_steps=2"])
     assert (paper.train.max_steps, paper.train.max_tokens) == (2, 0)
-    assert load_config(CONFIGS / "paper/adamw.toml").train.max_tokens == 500_000_000
+    assert load_config(CONFIGS / "paper/prelu.toml").train.max_tokens == 500_000_000
 
 
 @pytest.mark.parametrize(

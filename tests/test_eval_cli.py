@@ -76,6 +76,13 @@ def test_alignment_cli_writes_json_array_and_heatmaps(run_dir, tmp_path):
     assert "freq_top1pct" in data["classes"] and "digits" in data["layers"][0]["heads"][0]["enrichment_top"]
     assert np.load(out / "cosines.npy").shape == (1, 2, 257)
     assert (out / "heatmap_layer0.png").stat().st_size > 5000 and (out / "enrichment.png").exists()
+    assert np.load(out / "paper_cosines.npy").shape == (1, 2, 257)
+    assert np.load(out / "positional.npy").shape == (1, 2, 64)  # every position of the context
+    assert (out / "positional_heatmap.png").stat().st_size > 5000 and (out / "positional_layers.png").exists()
+    assert len(data["paper"]["layers"][0]["heads"][0]["top"]) == 20
+    null = tmp_path / "null"
+    assert alignment.main([str(run_dir), "--out", str(null), "--direction", "draw", "--device", "cpu"]) == 0
+    assert json.loads((null / "alignment.json").read_text())["direction"] == "draw"
 
 
 def test_export_cli_gives_the_runs_logits_and_tokenizer(run_dir, tmp_path):

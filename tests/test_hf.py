@@ -35,6 +35,7 @@ def ids() -> torch.Tensor:
         ("prelu", "bq", False, False),
         ("gelu", "bqbv", True, True),
         ("gelu", "bq", False, True),
+        ("gelu_exact", "bv", True, True),  # transformers' "gelu" is the exact one
     ],
 )
 def test_export_gives_our_logits(tmp_path, mlp, mode, bias, stock):
@@ -71,10 +72,11 @@ def test_custom_export_generates_like_our_model(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-def stock_gpt2(vocab: int = V) -> GPT2LMHeadModel:
+def stock_gpt2(vocab: int = V, activation: str = "gelu_new") -> GPT2LMHeadModel:
     torch.manual_seed(3)
     cfg = GPT2Config(
-        vocab_size=vocab, n_positions=16, n_layer=2, n_head=2, n_embd=16, bos_token_id=vocab - 1, eos_token_id=vocab - 1
+        vocab_size=vocab, n_positions=16, n_layer=2, n_head=2, n_embd=16, activation_function=activation,
+        bos_token_id=vocab - 1, eos_token_id=vocab - 1,
     )
     hf = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -83,9 +85,11 @@ def stock_gpt2(vocab: int = V) -> GPT2LMHeadModel:
     return hf
 
 
-def test_imported_gpt2_gives_gpt2_logits_and_exports_back(tmp_path):
-    hf = stock_gpt2()
+@pytest.mark.parametrize("activation, mlp", [("gelu_new", "gelu"), ("gelu", "gelu_exact")])
+def test_imported_gpt2_gives_gpt2_logits_and_exports_back(tmp_path, activation, mlp):
+    hf = stock_gpt2(activation=activation)
     ours = from_gpt2(hf)
+    assert ours.config.mlp == mlp
     with torch.no_grad():
         want = hf(ids()).logits
         torch.testing.assert_close(ours(ids())[0][..., :V], want, atol=1e-4, rtol=0)

@@ -4,6 +4,7 @@ scorer checked against hand-computed values on a model whose logits are known.""
 import math
 import re
 import string
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from configs import UserError
 from data.tokenizer import byte_tokenizer, gpt2_tokenizer
 from eval.logic import (
     ANSWER_CATEGORIES,
@@ -19,7 +21,11 @@ from eval.logic import (
     Item,
     bootstrap_mean_ci,
     evaluate_items,
+    flat_summary,
+    format_table,
     generate_items,
+    main,
+    read_items,
     run_suite,
     wilson,
 )
@@ -185,6 +191,93 @@ def test_scores_match_hand_computed_values_on_a_known_model():
     assert model.seen_biases and all(b is None for b in model.seen_biases)
 
 
+def test_the_papers_scores_match_hand_computed_values_on_a_known_model():
+    """No end-of-text prefix; an answer item counts by its first token; pairs by the mean ratio."""
+    tok = letter_tokenizer()
+    items = {
+        "seq": [Item("seq", "k", "abc", "d"), Item("seq", "k", "abc", "ee"), Item("seq", "k", "ab", "j")]
+        + [Item("seq", "k", "aj", "a")],
+        "pair": [Item("pair", "k", "abcd", contrast="adcb"), Item("pair", "k", "ba", contrast="bc")],
+    }
+    res = evaluate_items(SuccessorModel(), tok, items)
+    first = [expected_token(2, 3), expected_token(2, 4), expected_token(1, 9), expected_token(9, 0)]  # (log p, rank)
+    paper = res["seq"]["paper"]
+    assert paper["first_token_loss"] == pytest.approx(-np.mean([lp for lp, _ in first]), abs=1e-5)
+    ranks = [r for _, r in first]
+    assert ranks == [1, 2, 10, 11]
+    assert paper["top1"] == pytest.approx(1 / 4) and paper["top5"] == pytest.approx(2 / 4)
+    assert paper["in_top10"] == 0.75 and paper["mean_rank_top10"] == pytest.approx(np.mean(ranks[:3]))
+    whole = [-expected_token(2, 3)[0], -(expected_token(2, 4)[0] + expected_token(4, 4)[0]) / 2]
+    whole += [-expected_token(1, 9)[0], -expected_token(9, 0)[0]]
+    assert paper["completion_loss"] == pytest.approx(np.mean(whole), abs=1e-5)
+
+    def ratio(ref: str, con: str) -> float:  # no prefix: the first token is context, not scored
+        nll = [[-expected_token(ord(a) - 97, ord(b) - 97)[0] for a, b in zip(t, t[1:])] for t in (ref, con)]
+        return math.exp(np.mean(nll[1]) - np.mean(nll[0]))
+
+    want = np.mean([ratio("abcd", "adcb"), ratio("ba", "bc")])
+    assert res["pair"]["paper"]["ppl_ratio"] == pytest.approx(want, rel=1e-5)
+    ours = res["pair"]["ppl_ratio"]  # a geometric mean, with the prefix: a different number
+    assert abs(ours - want) > 1e-3
+    summary = flat_summary(res)
+    assert summary["logic_loss"] == pytest.approx(paper["first_token_loss"])
+    assert "logic loss (the paper's" in format_table(res)
+
+
+def write_items(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_an_item_file_of_any_categories_is_scored_like_the_suite(tmp_path):
+    path = write_items(
+        tmp_path / "mine.jsonl",
+        [
+            '{"category": "count", "prompt": "abc", "answer": "d", "kind": "succ"}',
+            "",
+            '{"category": "flip", "prompt": "abcd", "contrast": "adcb"}',
+            '{"category": "count", "prompt": "abc", "answer": "ee"}',
+        ],
+    )
+    items = read_items(path)
+    assert list(items) == ["count", "flip"] and len(items["count"]) == 2
+    assert items["count"][0] == Item("count", "succ", "abc", "d") and items["count"][1].kind == "count"
+    assert items["flip"] == [Item("flip", "flip", "abcd", contrast="adcb")]
+    res = evaluate_items(SuccessorModel(), letter_tokenizer(), items)
+    count = [Item("count", "k", "abc", "d"), Item("count", "k", "abc", "ee")]
+    same = evaluate_items(SuccessorModel(), letter_tokenizer(), {"count": count})
+    assert res["count"]["logprob"] == same["count"]["logprob"] and res["count"]["top1"] == 0.5
+    assert "ppl_ratio" in res["flip"] and "flip" in format_table(res)
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ('{"category": "a", "prompt": "x", "answer": "y"', "not valid JSON"),
+        ('["a", "x"]', "expected a JSON object"),
+        ('{"category": "a", "prompt": "x"}', 'exactly one of "answer"'),
+        ('{"category": "a", "prompt": "x", "answer": "y", "contrast": "z"}', 'exactly one of "answer"'),
+        ('{"category": "", "prompt": "x", "answer": "y"}', '"category" must be a non-empty string'),
+        ('{"category": "a", "prompt": "x", "answer": 5}', '"answer" must be a non-empty string'),
+        ('{"category": "a", "prompt": "x", "answer": "y", "weight": 2}', "unknown key 'weight'"),
+        ('{"category": "good", "prompt": "x", "contrast": "y"}', "category 'good' holds answer items (line 1)"),
+    ],
+)
+def test_a_malformed_item_line_is_a_one_line_error_naming_the_line(tmp_path, line, needle):
+    path = write_items(tmp_path / "bad.jsonl", ['{"category": "good", "prompt": "abc", "answer": "d"}', line])
+    with pytest.raises(UserError) as e:
+        read_items(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:2: ") and needle in msg and "\n" not in msg
+
+
+def test_the_cli_reports_a_bad_item_file_in_one_line(tmp_path, capsys):
+    path = write_items(tmp_path / "bad.jsonl", ["{oops"])
+    assert main([str(tmp_path), "--items", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}:1: not valid JSON") and len(err.splitlines()) == 1
+
+
 def test_no_bias_passes_an_empty_bias_dict_and_batching_does_not_change_scores():
     tok = letter_tokenizer()
     items = {"copying": [Item("copying", "k", "ab" * (i + 1), "c" * (i % 3 + 1)) for i in range(9)]}
@@ -225,7 +318,7 @@ def test_run_suite_on_a_tiny_gpt(tokenizer):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)).eval()
     out = run_suite(model, tok, n=4)
-    expected = {"logic_top1", "logic_top5"}
+    expected = {"logic_top1", "logic_top5", "logic_loss"}
     expected |= {f"logic_{c}_top1" for c in ANSWER_CATEGORIES} | {f"logic_{c}_ppl_ratio" for c in PAIR_CATEGORIES}
     assert set(out) == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())

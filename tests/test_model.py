@@ -63,14 +63,21 @@ def test_symmetric_attention_is_rotation_invariant(rotate):
 
 @pytest.mark.parametrize(
     "mode,rotate,breaks",
-    [("bq", rotate_qk, True), ("bq", rotate_vo, False), ("bqbv", rotate_qk, True), ("bqbv", rotate_vo, True)],
+    [
+        ("bq", rotate_qk, True),
+        ("bq", rotate_vo, False),
+        ("bqbv", rotate_qk, True),
+        ("bqbv", rotate_vo, True),
+        ("bv", rotate_qk, False),
+        ("bv", rotate_vo, True),
+    ],
 )
 def test_biases_break_the_rotations(mode, rotate, breaks):
     before, after = logits_after(mode, rotate)
     changed = (before - after).abs().max().item()
     if breaks:  # small at init (weights ~0.02) but ten orders above float64 rounding
         assert changed > 1e-6
-    else:  # bq leaves the value/output rotation a symmetry
+    else:  # bq leaves the value/output rotation a symmetry, bv the query/key one
         assert changed < 1e-10
 
 
@@ -86,7 +93,7 @@ def test_key_bias_leaves_logits_unchanged():
     assert torch.allclose(plain(x, biases=biases)[0], with_k(x, biases=biases_k)[0], atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["bq", "bqbv"])
+@pytest.mark.parametrize("mode", ["bq", "bqbv", "bv"])
 def test_mean_biases_fold_into_projection_bias(mode):
     model, x = tiny(mode), tokens()
     with torch.no_grad():  # nonzero projection biases so the fold adds to something
@@ -98,13 +105,74 @@ def test_mean_biases_fold_into_projection_bias(mode):
     assert torch.allclose(model(x)[0], explicit, atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["symmetric", "bq", "bqbv"])
+@pytest.mark.parametrize("mode", ["symmetric", "bq", "bqbv", "bv"])
 def test_sdpa_matches_reference_attention(mode):
     model, x = tiny(mode, k_bias=True), tokens()
     biases = draw_biases(model.bias_spec, seed=3, micro_index=11)
     fast = model(x, biases=biases)[0]
     slow = model(x, biases=biases, reference=True)[0]
     assert torch.allclose(fast, slow, atol=1e-10)
+
+
+def forward_by_hand(model: GPT, idx: torch.Tensor, bq, bv) -> torch.Tensor:
+    """The paper's architecture written out in float64, independently of model/gpt.py: pre-LayerNorm
+    blocks, a per-layer query bias bq[l] and value bias bv[l] (None: absent) shared by the heads and
+    added after the projection, causal softmax attention, and the MLP activation the config names."""
+    cfg, tr = model.config, model.transformer
+    H, C = cfg.n_head, cfg.n_embd
+    hd, T = C // H, idx.shape[1]
+    act = {
+        "gelu_exact": lambda u: 0.5 * u * (1 + torch.erf(u / 2**0.5)),
+        "gelu": lambda u: 0.5 * u * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (u + 0.044715 * u**3))),
+    }
+    x = tr.wte.weight[idx] + tr.wpe.weight[:T]
+    for layer, block in enumerate(tr.h):
+        h = torch.nn.functional.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
+        q, k, v = (h @ block.attn.c_attn.weight.T + block.attn.c_attn.bias).split(C, dim=-1)
+        q, k, v = (t.reshape(*t.shape[:2], H, hd).transpose(1, 2) for t in (q, k, v))
+        if bq is not None:
+            q = q + bq[layer]
+        if bv is not None:
+            v = v + bv[layer]
+        scores = (q @ k.transpose(-1, -2)) / hd**0.5
+        scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = x + y @ block.attn.c_proj.weight.T + block.attn.c_proj.bias
+        h = torch.nn.functional.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
+        u = h @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias
+        if cfg.mlp == "prelu":
+            a = torch.where(u >= 0, u, u * block.mlp.act.weight)
+        else:
+            a = act[cfg.mlp](u)
+        x = x + a @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
+    x = torch.nn.functional.layer_norm(x, (C,), tr.ln_f.weight, tr.ln_f.bias)
+    return x @ tr.wte.weight.T
+
+
+@pytest.mark.parametrize(
+    "mlp, mode", [("gelu_exact", "bv"), ("gelu", "bqbv"), ("prelu", "bq"), ("gelu_exact", "symmetric")]
+)
+def test_the_forward_equals_the_architecture_written_by_hand(mlp, mode):
+    """Covers the two switches that reproduce the paper's GELU ablation and its bV-only runs: the exact
+    GELU (erf) and the value bias without a query bias."""
+    torch.manual_seed(0)
+    sym = SymmetryConfig(mode=mode, v_mean=0.0 if mode == "bv" else 0.5)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, mlp=mlp, symmetry=sym)
+    model = GPT(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # off the init, so that biases and norms matter
+            p.add_(0.3 * torch.randn_like(p))
+    biases = draw_biases(model.bias_spec, seed=4, micro_index=9) or {}
+    assert set(biases) == {"symmetric": set(), "bq": {"q"}, "bqbv": {"q", "v"}, "bv": {"v"}}[mode]
+    x = tokens()
+    ours = model(x, biases=biases)[0][..., :50]  # the real vocabulary; the padding ids are -inf
+    by_hand = forward_by_hand(model, x, biases.get("q"), biases.get("v"))[..., :50]
+    assert (ours - by_hand).abs().max() < 1e-10
+    if mlp.startswith("gelu"):  # the two GELUs are different functions: the switch changes the model
+        other = {"gelu": "gelu_exact", "gelu_exact": "gelu"}[mlp]
+        twin = GPT(GPTConfig(**{**cfg.__dict__, "mlp": other})).double().eval()
+        twin.load_state_dict(model.state_dict())
+        assert (twin(x, biases=biases)[0][..., :50] - ours).abs().max() > 1e-6
 
 
 def spec(mode: str = "bqbv", **kw) -> BiasSpec:
@@ -219,6 +287,9 @@ def test_bias_draw_statistics_match_the_config():
     assert torch.allclose(q.std(0), torch.linspace(0.05, 0.15, 8), rtol=0.06)
     assert torch.allclose(v.mean(0), torch.full((8,), 0.5), atol=4 * 0.05 / n**0.5)
     assert torch.allclose(v.std(0), torch.full((8,), 0.05), rtol=0.06)
+    only_v = BiasSpec(SymmetryConfig(mode="bv", v_mean=0.0), n_layer=3, n_head=4, head_dim=8)
+    v0 = torch.stack([draw_biases(only_v, 0, m)["v"] for m in range(400)]).reshape(-1, 8)
+    assert only_v.means().keys() == {"v"} and torch.allclose(v0.mean(0), torch.zeros(8), atol=4 * 0.05 / 1200**0.5)
 
 
 def test_prelu_slopes_and_residual_init():

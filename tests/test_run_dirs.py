@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 import train
 from data.shards import write_shard
-from eval import hf, val
+from eval import alignment, hf, val
 from trainer import read_jsonl
 
 from helpers import args, one_line_error
@@ -68,6 +68,13 @@ def test_changed_or_missing_data_is_refused_and_other_data_is_an_explicit_choice
         assert "is gone; pass --data PATH" in one_line_error(capsys.readouterr().err)
         assert val.main([str(run_dir), "--tokens", "1024", "--device", "cpu", "--data", str(other)]) == 0
         assert f"of {other}" in capsys.readouterr().out
+        # the alignment analysis counts training-token frequencies in the same data, or says why it cannot
+        out = tmp_path / "align"
+        assert alignment.main([str(run_dir), "--out", str(out), "--positions", "2", "--device", "cpu"]) == 0
+        assert "is gone" in json.loads((out / "alignment.json").read_text())["note"]
+        assert alignment.main([str(run_dir), "--out", str(out), "--positions", "2", "--device", "cpu",
+                               "--data", str(other)]) == 0
+        assert "note" not in json.loads((out / "alignment.json").read_text())
     finally:
         record.write_text(json.dumps(copied))
 

@@ -135,6 +135,96 @@ def test_equals_float64_reference_for_30_steps_across_eigenbasis_refreshes():
     assert max((a - b).abs().max() for a, b in zip(ours[-1], mlp().parameters())) > 0.05  # it moved
 
 
+class OriginalSOAP:
+    """The original SOAP code's step, written from its description (module docstring of optim/soap.py),
+    not from our code: M̃ is kept in the eigenbasis and carried through every preconditioner update by
+    projecting it back to the original space and onto the (possibly refreshed) basis; the first step
+    only fills the Gram matrices; eps on √V, both bias corrections in the step size; decay last."""
+
+    def __init__(self, params, wds, lr, betas, eps, weight_decay, precondition_frequency, max_precond_dim):
+        self.params, self.wds, self.lr, self.eps, self.k = params, wds, lr, eps, precondition_frequency
+        self.b1, self.b2 = betas
+        self.s = []
+        for p in params:
+            m, n = (p.shape[0], p.shape[1]) if p.dim() == 2 else (1, p.shape[0])
+            has = [p.dim() == 2 and k <= max_precond_dim for k in (m, n)]
+            L, R = (torch.zeros(k, k, dtype=torch.float64) if ok else None for k, ok in zip((m, n), has))
+            state = {"t": 0, "ready": False, "L": L, "R": R, "QL": torch.eye(m, dtype=torch.float64)}
+            state |= {"QR": torch.eye(n, dtype=torch.float64), "Mt": torch.zeros(m, n, dtype=torch.float64)}
+            self.s.append({**state, "V": torch.zeros(m, n, dtype=torch.float64)})
+
+    def _precondition(self, s, G):
+        """Back to the original space, Gram update, eigenbasis (first call) or refresh, into the basis."""
+        M = s["QL"] @ s["Mt"] @ s["QR"].T
+        for side, gram in (("L", G @ G.T), ("R", G.T @ G)):
+            if s[side] is not None:
+                s[side] = self.b2 * s[side] + (1 - self.b2) * gram
+        if not s["ready"]:
+            for side in ("L", "R"):
+                if s[side] is not None:
+                    vals, vecs = torch.linalg.eigh(s[side])
+                    s["Q" + side] = vecs[:, torch.argsort(vals, descending=True)]
+            s["ready"] = True
+        elif s["t"] % self.k == 0:
+            for axis, side in ((0, "L"), (1, "R")):
+                if s[side] is not None:
+                    Q = s["Q" + side]
+                    order = torch.argsort(torch.diag(Q.T @ s[side] @ Q), descending=True)
+                    s["V"] = s["V"][order, :] if axis == 0 else s["V"][:, order]
+                    s["Q" + side], _ = torch.linalg.qr(s[side] @ Q[:, order])
+        s["Mt"] = s["QL"].T @ M @ s["QR"]
+
+    def step(self, grads):
+        b1, b2 = self.b1, self.b2
+        for p, grad, wd, s in zip(self.params, grads, self.wds, self.s):
+            G = grad.reshape(s["Mt"].shape)
+            if not s["ready"]:
+                self._precondition(s, G)
+                continue
+            s["t"] += 1
+            t = s["t"]
+            Gt = s["QL"].T @ G @ s["QR"]
+            s["Mt"] = b1 * s["Mt"] + (1 - b1) * Gt
+            s["V"] = b2 * s["V"] + (1 - b2) * Gt**2
+            size = self.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+            p.sub_(size * (s["QL"] @ (s["Mt"] / (s["V"].sqrt() + self.eps)) @ s["QR"].T).reshape(p.shape))
+            p.mul_(1 - self.lr * wd)
+            self._precondition(s, G)
+
+
+@torch.no_grad()
+def original_run(steps, settings):
+    model = mlp()
+    params = list(model.parameters())
+    ref = OriginalSOAP(params, [settings["weight_decay"]] * len(params), **settings)
+    out = []
+    for x, y in batches(steps):
+        with torch.enable_grad():
+            for p in params:
+                p.grad = None
+            ((model(x) - y) ** 2).mean().backward()
+        ref.step([p.grad for p in params])
+        out.append([p.detach().clone() for p in params])
+    return out
+
+
+def test_original_step_equals_a_float64_transcription_of_the_original_code():
+    """Every parameter decays (as with optim.decay=all), 1-D ones too, and the first step moves nothing."""
+    settings = {**SETTINGS, "eps": 1e-3}  # a large eps: its placement must matter, and does (checked below)
+    model = mlp()
+    opt = SOAP(model.parameters(), original=True, **settings)
+    ours = train(model, opt, 25)
+    ref = original_run(25, settings)
+    assert all(torch.equal(a, b) for a, b in zip(ours[0], mlp().parameters()))  # step 1 only preconditions
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        for pa, pb in zip(a, b):
+            assert (pa - pb).abs().max() < 1e-10, f"step {k + 1}"
+    assert opt.state[model[0].weight]["step"] == 25  # refreshed at Adam steps 10 and 20 (calls 11, 21)
+    twin = mlp()
+    default = train(twin, SOAP(twin.parameters(), **settings), 25)
+    assert max((a - b).abs().max() for a, b in zip(default[-1], ours[-1])) > 1e-3  # the switch changes the run
+
+
 def test_without_preconditioners_it_is_torch_adamw():
     settings = {**SETTINGS, "max_precond_dim": 0}
     model, twin = mlp(), mlp()
