@@ -1,4 +1,5 @@
-"""ECD against a float64 transcription of its equations (docs/science.md, section 1, and docs/optimizers.md), and its contracts."""
+"""ECD against a float64 transcription of its equations (docs/science.md, section 1; docs/optimizers.md),
+and its contracts."""
 
 import io
 import math
