@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,17 @@ class Fault(Hook):
         if self.kind == "desync" and step == self.step and ctx.rank == ctx.world_size - 1:
             with torch.no_grad():
                 next(trainer.model.parameters()).add_(1e-3)
+
+
+class StopAt(Hook):
+    """Asks the trainer to stop after ``step``, as a SIGTERM would (read at the next step's sync)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_signal = signal.SIGTERM
 
 
 # ----------------------------------------------------------------------------------- child processes

@@ -1,7 +1,6 @@
 """Limiting dynamics theory (small_tasks/sgd_diffusion.py) against its own moment recursion and a numpy
 simulation of torch SGD's update on online Gaussian regression."""
 
-import signal
 
 import numpy as np
 import pytest
@@ -9,7 +8,9 @@ import pytest
 from configs import UserError, load_config
 from small_tasks import sgd_diffusion as sd
 from small_tasks.limiting_dynamics import exponent_check, fit_window
-from trainer import Hook, Trainer
+from trainer import Trainer
+
+from helpers import StopAt
 
 CASES = [  # lr, wd, momentum, batch, sigma
     (0.5, 0.0, 0.0, 4, 0.5),
@@ -139,17 +140,6 @@ FAST = [
     "--task.lags=12",
 ]
 ALL = ["stationary_covariance", "mean_oscillator", "mean_continuous_oscillator", "displacement", "diffusion_exponent"]
-
-
-class StopAt(Hook):
-    """A SIGTERM as the trainer sees one, after ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer, step: int) -> None:
-        if step == self.step:
-            trainer.stop_signal = signal.SIGTERM
 
 
 def run_task(tmp_path, *overrides, name="t", hooks=()):

@@ -3,7 +3,6 @@ per-neuron SGD against a reference loop, models, config errors, and train.sync_i
 
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
@@ -19,7 +18,8 @@ from small_tasks.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_para
 from tasks import task_class
 from trainer import CHECKS_FAILED_EXIT, NonFiniteLoss, Trainer
 from trainer.exits import PREEMPTED_EXIT
-from trainer.loop import Hook
+
+from helpers import StopAt
 
 CFG = "configs/small_tasks/"
 
@@ -368,17 +368,6 @@ def test_resumed_run_reaches_the_same_checks(tmp_path):
     order = [run["checks"]["learned_in_predicted_order"] for run in (whole, resumed)]
     assert order[0]["passed"] == order[1]["passed"] and order[0]["observed"] == order[1]["observed"]
     assert whole["prediction"] == resumed["prediction"]  # rebuilt from the same seed: the same initial weights
-
-
-class StopAt(Hook):
-    """Asks the trainer to stop after ``step``, as a SIGTERM would (read at the next step's sync)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer, step: int) -> None:
-        if step == self.step:
-            trainer.stop_signal = signal.SIGTERM
 
 
 @pytest.mark.parametrize(

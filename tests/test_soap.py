@@ -107,10 +107,13 @@ class ReferenceSOAP:
 
 
 @torch.no_grad()
-def reference_run(steps):
+def reference_run(steps, reference=None, settings=SETTINGS, decay_all=False):
+    """The float64 transcription ``reference`` (default ReferenceSOAP) trained on the test's batches: the
+    parameters after each step. Weight decay on matrices only, or on every parameter with ``decay_all``."""
     model = mlp()
     params = list(model.parameters())
-    ref = ReferenceSOAP(params, [SETTINGS["weight_decay"] if p.dim() == 2 else 0.0 for p in params], **SETTINGS)
+    decays = [settings["weight_decay"] if decay_all or p.dim() == 2 else 0.0 for p in params]
+    ref = (reference or ReferenceSOAP)(params, decays, **settings)
     out = []
     for x, y in batches(steps):
         with torch.enable_grad():
@@ -192,29 +195,13 @@ class OriginalSOAP:
             self._precondition(s, G)
 
 
-@torch.no_grad()
-def original_run(steps, settings):
-    model = mlp()
-    params = list(model.parameters())
-    ref = OriginalSOAP(params, [settings["weight_decay"]] * len(params), **settings)
-    out = []
-    for x, y in batches(steps):
-        with torch.enable_grad():
-            for p in params:
-                p.grad = None
-            ((model(x) - y) ** 2).mean().backward()
-        ref.step([p.grad for p in params])
-        out.append([p.detach().clone() for p in params])
-    return out
-
-
 def test_original_step_equals_a_float64_transcription_of_the_original_code():
     """Every parameter decays (as with optim.decay=all), 1-D ones too, and the first step moves nothing."""
     settings = {**SETTINGS, "eps": 1e-3}  # a large eps: its placement must matter, and does (checked below)
     model = mlp()
     opt = SOAP(model.parameters(), original=True, **settings)
     ours = train(model, opt, 25)
-    ref = original_run(25, settings)
+    ref = reference_run(25, OriginalSOAP, settings, decay_all=True)
     assert all(torch.equal(a, b) for a, b in zip(ours[0], mlp().parameters()))  # step 1 only preconditions
     for k, (a, b) in enumerate(zip(ours, ref)):
         for pa, pb in zip(a, b):
