@@ -55,6 +55,7 @@ class GroupCompositionConfig:
 class GroupCompositionTask(SmallTask):
     config_class = GroupCompositionConfig
     data_seed_key = "template_seed"
+    recorded = ("trace", "class_trace")  # the per-step loss and its share per class: a resume keeps both
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)

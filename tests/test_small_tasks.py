@@ -371,21 +371,25 @@ def test_resumed_run_reaches_the_same_checks(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, overrides",
+    "config, overrides, stop",
     [
-        ("lazy_rich.toml", ["--task.singular_values=[3,2]", "--optim.lr=2e-3", "--train.max_steps=600"]),
-        ("quasi_homogeneous.toml", ["--train.max_steps=300", "--optim.lr=0.3"]),
-        ("get_rich_quick_relu.toml", ["--task.instances=2", "--task.width=10", "--task.n=50", "--train.max_steps=200"]),
+        ("lazy_rich.toml", ["--task.singular_values=[3,2]", "--optim.lr=2e-3", "--train.max_steps=600"], 97),
+        ("quasi_homogeneous.toml", ["--train.max_steps=300", "--optim.lr=0.3"], 97),
+        ("get_rich_quick_relu.toml", ["--task.instances=2", "--task.width=10", "--task.n=50", "--train.max_steps=200"],
+         97),
+        # stopped inside the first drop (240-287), so the per-class trace before the stop decides its start
+        ("group_composition.toml", ["--task.group=C7", "--task.powers=[]", "--task.width=16", "--train.max_steps=400",
+                                    "--run.seed=2"], 250),
     ],
 )
-def test_records_kept_by_tasks_survive_a_preemption(tmp_path, config, overrides):
+def test_records_kept_by_tasks_survive_a_preemption(tmp_path, config, overrides, stop):
     """A run stopped midway and resumed reports what the uninterrupted run reports: the per-step and
     sampled records of the steps before the stop travel in the checkpoint."""
     common = [f"--run.dir={tmp_path}", "--train.progress=false", "--run.threads=1", "--train.sync_interval=1"]
     common += overrides
     whole = Trainer(load_config(CFG + config, [*common, "--run.name=whole"])).run()
-    stopped = Trainer(load_config(CFG + config, [*common, "--run.name=cut"]), hooks=[StopAt(97)])
+    stopped = Trainer(load_config(CFG + config, [*common, "--run.name=cut"]), hooks=[StopAt(stop)])
     stopped.run()
-    assert stopped.exit_code == PREEMPTED_EXIT and stopped.state.step == 98
+    assert stopped.exit_code == PREEMPTED_EXIT and stopped.state.step == stop + 1
     resumed = Trainer(load_config(CFG + config, [*common, "--run.name=cut", "--run.resume=true"])).run()
     assert json.dumps(resumed["checks"], sort_keys=True) == json.dumps(whole["checks"], sort_keys=True)
