@@ -23,6 +23,9 @@ from tasks import check
 __all__ = ["check", "drop_steps", "find_plateaus", "learn_steps", "loss_trace", "match_levels", "match_plateaus"]
 
 
+ZERO_LEVEL = 1e-9  # a predicted level below this fraction of the largest one is a fully learned target: 0
+
+
 def loss_trace(trace: np.ndarray | None, history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(steps, loss): the per-step trace where this process recorded it (all of it unless resumed),
     the logged ``train_loss`` records before that. A record at step s holds the loss of step s - 1."""
@@ -82,9 +85,18 @@ def min_plateau_length(t: float, t_end: float, points: int = 400, min_len: int =
     return (min_len + 2) * t * math.log(max(t_end, 2.0)) / points
 
 
+def zero_levels(predicted: list[float]) -> list[float]:
+    """The predicted levels with rounding-size ones set to 0: a prediction that fits its target fully
+    computes its last level as a residual, which comes out as 0 or as a few 1e-14 depending on the
+    linear-algebra build; as a relative target such a level would ask for a plateau at 1e-14."""
+    floor = ZERO_LEVEL * max((abs(v) for v in predicted), default=0.0)
+    return [0.0 if v <= floor else float(v) for v in predicted]
+
+
 def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> dict[str, Any]:
     """Each non-zero predicted level against its closest observed plateau, relative error <= tol."""
     observed, errors = [], []
+    predicted = zero_levels(predicted)
     for level in predicted:
         if level <= 0:
             continue
@@ -106,6 +118,7 @@ def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> di
 def match_plateaus(plateaus: list[dict], predicted: list[float], tol: float) -> dict[str, Any]:
     """The converse: each observed plateau against its closest predicted level (a zero level matches a
     plateau below ``tol`` times the smallest non-zero level)."""
+    predicted = zero_levels(predicted)
     floor = tol * min(v for v in predicted if v > 0)
     observed, errors = [], []
     for p in plateaus:

@@ -52,3 +52,12 @@ def test_min_plateau_length_is_what_find_plateaus_can_see():
         loss = 1 + 2 * (t < 10_000 - flat / 2) + 4 * (t < 10_000 + flat / 2)
         seen = any(abs(p["level"] - 5) < 0.01 for p in staircase.find_plateaus(t, loss))
         assert seen == (flat >= staircase.min_plateau_length(10_000, 20_000)), flat
+
+
+def test_a_rounding_size_last_level_counts_as_fully_learned():
+    """A fully fit target's last level computed as a residual (1.4e-14 here) is 0, not a level to find a
+    plateau at; a small but real level (1e-6 of the largest) stays a level."""
+    plateaus = [{"start": 10.0, "end": 50.0, "level": 22.0}, {"start": 60.0, "end": 90.0, "level": 0.5}]
+    assert staircase.match_levels([22.0, 0.5, 1.4e-14], plateaus, 0.02)["passed"]
+    assert staircase.match_plateaus(plateaus, [22.0, 0.5, 1.4e-14], 0.02)["passed"]
+    assert not staircase.match_levels([22.0, 0.5, 22e-6], plateaus, 0.02)["passed"]
