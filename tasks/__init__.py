@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "stochastic_collapse_neuron": "small_tasks.stochastic_collapse:NeuronCollapseTask",
     "limiting_dynamics": "small_tasks.limiting_dynamics:LimitingDynamicsTask",
     "gpt_symmetries": "small_tasks.gpt_symmetries:GPTSymmetriesTask",
+    "attention_mechanism": "small_tasks.attention_mechanism:AttentionMechanismTask",
 }
 
 
