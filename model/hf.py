@@ -29,6 +29,7 @@ from model.gpt import GPT, GPTConfig
 from model.hf_modeling import SymbreakConfig, SymbreakForCausalLM
 
 MODELING_FILE = Path(__file__).with_name("hf_modeling.py")
+ROPE_FILE = Path(__file__).with_name("rope.py")  # the modelling code imports it: copied beside it
 # our GELUs and the names transformers gives them
 GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu"}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -37,12 +38,15 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 def folded_state(model: GPT) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     """A copy of the model with its mean biases folded in; every projection and norm gets a bias tensor."""
     m = copy.deepcopy(model).float().cpu()
-    m.fold_mean_biases()
+    after_rotation = m.fold_mean_biases()
     cfg = m.config
     state = {k: v.detach().clone() for k, v in m.state_dict().items() if k != "lm_head.weight"}
     state["transformer.wte.weight"] = state["transformer.wte.weight"][: cfg.vocab_size].clone()
     for i in range(cfg.n_layer):  # exported attention always carries a projection bias
         state.setdefault(f"transformer.h.{i}.attn.c_attn.bias", torch.zeros(3 * cfg.n_embd))
+        if cfg.position == "rope":  # and with rope the query bias that comes after the rotation
+            q_bias = torch.zeros(cfg.n_embd) if after_rotation is None else after_rotation[i]
+            state[f"transformer.h.{i}.attn.q_bias"] = q_bias
     return cfg, state
 
 
@@ -59,8 +63,11 @@ def _with_zero_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def to_gpt2(model: GPT, eot: int | None = None):
     """A transformers ``GPT2LMHeadModel`` computing the same logits (GELU models only)."""
-    if model.config.mlp not in GPT2_ACTIVATION:
-        raise UserError("only a GELU model exports to stock GPT-2; a PReLU model needs the custom code (--custom)")
+    if model.config.mlp not in GPT2_ACTIVATION or model.config.position != "learned":
+        raise UserError(
+            "only a GELU model with learned positions exports to stock GPT-2; "
+            "a PReLU or rope model needs the custom code (--custom)"
+        )
     cfg, state = folded_state(model)
     hf_cfg = GPT2Config(
         vocab_size=cfg.vocab_size,
@@ -102,6 +109,9 @@ def to_custom(model: GPT, eot: int | None = None):
         n_embd=cfg.n_embd,
         mlp=cfg.mlp,
         bias=cfg.bias,
+        position=cfg.position,
+        rope_fraction=cfg.rope_fraction,
+        rope_base=cfg.rope_base,
         bos_token_id=eot,
         eos_token_id=eot,
     )
@@ -116,7 +126,7 @@ def export(model: GPT, out_dir: str | Path, eot: int | None = None, custom: bool
     Returns "gpt2" for a stock GPT-2 export, "custom" otherwise.
     """
     out = Path(out_dir)
-    if custom or model.config.mlp not in GPT2_ACTIVATION:
+    if custom or model.config.mlp not in GPT2_ACTIVATION or model.config.position != "learned":
         hf = to_custom(model, eot)
         hf.config.auto_map = {
             "AutoConfig": "modeling_symbreak.SymbreakConfig",
@@ -124,6 +134,7 @@ def export(model: GPT, out_dir: str | Path, eot: int | None = None, custom: bool
         }
         hf.save_pretrained(out, safe_serialization=True)
         shutil.copyfile(MODELING_FILE, out / "modeling_symbreak.py")
+        shutil.copyfile(ROPE_FILE, out / ROPE_FILE.name)
         return "custom"
     to_gpt2(model, eot).save_pretrained(out, safe_serialization=True)
     return "gpt2"

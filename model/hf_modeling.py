@@ -1,9 +1,11 @@
 """Hugging Face modelling code for an exported symbreak GPT (loaded with ``trust_remote_code=True``).
 
 This file is copied next to the weights as ``modeling_symbreak.py`` and must stay self-contained:
-it imports only torch and transformers. The exported model is the training model with its mean
-attention biases folded into the query/key/value projection bias, so attention here is plain causal
-attention; the MLP is PReLU with one learned negative slope per feature, or GELU (tanh-approximated or exact).
+it imports only torch, transformers and the rotary helpers of ``rope.py``, which is copied beside it. The
+exported model is the training model with its mean (or learned) attention biases folded into the
+query/key/value projection bias, so attention here is plain causal attention, except with rotary
+positions (``position = "rope"``): there the query bias comes after the rotation (``attn.q_bias``).
+The MLP is PReLU with one learned negative slope per feature, or GELU (tanh-approximated or exact).
 Embeddings are tied: the logits are the final hidden states times the token embedding matrix.
 
 Generation uses transformers' key/value cache (``use_cache=True``, the default of ``generate``) while
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .rope import apply_rope, rope_angles, rotary_dims
 
 GELU_APPROXIMATION = {"gelu": "tanh", "gelu_exact": "none"}  # the tanh GELU (GPT-2's) or the exact one
 # transformers 5 calls the cache argument and output field `cache`, earlier versions `past_key_values`
@@ -44,11 +48,15 @@ class SymbreakConfig(PretrainedConfig):
         mlp: str = "prelu",
         bias: bool = True,
         layer_norm_eps: float = 1e-5,
+        position: str = "learned",
+        rope_fraction: float = 0.5,
+        rope_base: float = 10000.0,
         **kwargs,
     ):
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.mlp, self.bias, self.layer_norm_eps = mlp, bias, layer_norm_eps
+        self.position, self.rope_fraction, self.rope_base = position, rope_fraction, rope_base
         kwargs.setdefault("tie_word_embeddings", False)  # logits use wte directly; there is no lm_head
         super().__init__(**kwargs)
 
@@ -68,12 +76,18 @@ class Attention(nn.Module):
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=True)  # holds the folded mean biases
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        if cfg.position == "rope":  # the query bias added after the rotation, which c_attn's bias cannot hold
+            self.register_buffer("q_bias", torch.zeros(cfg.n_embd))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0, rope=None):
         """``mask``: None for plain causal attention, else (B, 1, T, past + T) booleans; ``cache``: a
-        transformers Cache holding ``past`` earlier positions, extended here by this layer's k, v."""
+        transformers Cache holding ``past`` earlier positions, extended here by this layer's k, v; ``rope``:
+        the cos and sin (B, 1, T, rope_dims / 2) of the tokens' positions, or None."""
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+        if rope is not None:
+            q = apply_rope(q, *rope) + self.q_bias.view(self.n_head, 1, -1).to(q.dtype)
+            k = apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v, layer)
         past = k.size(2) - T
@@ -103,8 +117,8 @@ class Block(nn.Module):
         self.mlp.act = PReLU(4 * C) if cfg.mlp == "prelu" else nn.GELU(approximate=GELU_APPROXIMATION[cfg.mlp])
         self.mlp.c_proj = nn.Linear(4 * C, C, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache=None, layer: int = 0, rope=None):
+        x = x + self.attn(self.ln_1(x), mask, cache, layer, rope)
         return x + self.mlp.c_proj(self.mlp.act(self.mlp.c_fc(self.ln_2(x))))
 
 
@@ -116,10 +130,11 @@ class SymbreakForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: SymbreakConfig):
         super().__init__(config)
         C = config.n_embd
+        positions = {"wpe": nn.Embedding(config.block_size, C)} if config.position == "learned" else {}
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, C),
-                wpe=nn.Embedding(config.block_size, C),
+                **positions,
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias),
             )
@@ -167,9 +182,15 @@ class SymbreakForCausalLM(PreTrainedModel, GenerationMixin):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
-        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        x, rope = self.transformer.wte(input_ids), None
+        if self.config.position == "rope":
+            c = self.config
+            cos, sin = rope_angles(position_ids, rotary_dims(c.n_embd // c.n_head, c.rope_fraction), c.rope_base)
+            rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # (B or 1, 1, T, dims / 2): broadcast over the heads
+        else:
+            x = x + self.transformer.wpe(position_ids)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, i)
+            x = block(x, mask, cache, i, rope)
         logits = F.linear(self.transformer.ln_f(x), self.transformer.wte.weight)
         loss = None
         if labels is not None:

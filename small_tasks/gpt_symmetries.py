@@ -64,6 +64,11 @@ class GPTSymmetriesTask(LMTask):
         self.tc = build_section(GPTSymmetriesConfig, cfg.task, "task")
         if cfg.run.resume:
             raise UserError("gpt_symmetries keeps its per-step records in memory; start the run afresh")
+        if cfg.model.position != "learned" or cfg.symmetry.learned:  # its laws are derived for that model
+            raise UserError(
+                "gpt_symmetries checks the laws of the GPT with a position embedding and drawn biases; "
+                "remove model.position and symmetry.learned"
+            )
         # the LM task takes no task keys of its own
         super().__init__(dataclasses.replace(cfg, task={"name": cfg.task["name"]}), ctx)
         self.cfg = cfg
