@@ -8,7 +8,8 @@ same sides are preconditioned as at 124M: not the embedding's vocabulary side), 
 run interleaved, round after round, and each reports the median over rounds of its mean step time,
 as a ratio to torch AdamW (foreach): shared machines make absolute times noise, ratios less so.
 SOAP is timed without refreshes, and its refresh (power iteration + QR on every side) separately, so
-its cost at preconditioning frequency k is step + refresh/k.
+its cost at preconditioning frequency k is step + refresh/k. Muon runs its Newton-Schulz products in
+fp32 here (bf16 on CUDA), on the blocks' matrices, and AdamW (foreach) on the embedding and the rest.
 
 Memory: the bytes of every tensor in ``optimizer.state_dict()`` after one step, for the bench model
 and for the real GPT-2 124M (context 512), the latter built on the meta device, so nothing is allocated.
@@ -48,6 +49,7 @@ def variants(width: int) -> dict[str, OptimConfig]:
         "soap (no refresh)": optim.config(
             "soap", lr=3e-4, betas=[0.95, 0.95], precondition_frequency=10**9, max_precond_dim=max_dim
         ),
+        "muon": optim.config("muon", lr=0.02, adamw_lr=1e-4, adamw_weight_decay=0.01),
     }
 
 
