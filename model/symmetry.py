@@ -38,12 +38,14 @@ CHUNK_VALUES = 1 << 21  # BiasDraws draws this many values per call (a few MiB o
 
 @dataclass(frozen=True)
 class BiasSpec:
-    """What to draw: the symmetry settings and the model's shape."""
+    """What to draw: the symmetry settings and the model's shape. ``scale`` multiplies every mean and
+    std: 1 for the values as written, the width ratio for ``symmetry.scale = "width"`` (GPTConfig.bias_spec)."""
 
     symmetry: SymmetryConfig
     n_layer: int
     n_head: int
     head_dim: int
+    scale: float = 1.0
 
     @property
     def has_q(self) -> bool:
@@ -59,7 +61,8 @@ class BiasSpec:
 
     @property
     def draws_anything(self) -> bool:
-        return self.has_q or self.has_v or self.has_k
+        """Whether training draws biases: learned ones (``symmetry.learned``) are parameters instead."""
+        return not self.symmetry.learned and (self.has_q or self.has_v or self.has_k)
 
     @property
     def heads(self) -> int:
@@ -73,14 +76,16 @@ class BiasSpec:
 
     def mean(self, name: str) -> float:
         s = self.symmetry
-        return {"q": s.q_mean, "v": s.v_mean, "k": s.k_mean}[name]
+        return {"q": s.q_mean, "v": s.v_mean, "k": s.k_mean}[name] * self.scale
 
     def std(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """The per-coordinate standard deviation of a stream, shape (head_dim,), made on ``device``."""
         s = self.symmetry
         if name == "q":
-            return torch.linspace(s.q_std_min, s.q_std_max, self.head_dim, device=device)
-        return torch.full((self.head_dim,), s.v_std if name == "v" else s.k_std, device=device)
+            std = torch.linspace(s.q_std_min, s.q_std_max, self.head_dim, device=device)
+        else:
+            std = torch.full((self.head_dim,), s.v_std if name == "v" else s.k_std, device=device)
+        return std * self.scale  # times 1.0 is exact: absolute values draw bit for bit as before
 
     def means(self) -> dict[str, torch.Tensor]:
         """Per-coordinate means, shape (head_dim,), for the biases this spec uses."""

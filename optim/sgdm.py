@@ -4,9 +4,10 @@ Its update, per parameter: g <- grad + weight_decay * theta (coupled L2), buf <-
 (buf = g on the first step), theta <- theta - lr * (g + momentum * buf with Nesterov, else buf).
 
 ``initial_velocity_std > 0`` starts the buffer at a random velocity instead, buf ~ N(0, std²) per
-coordinate, as the paper's GELU runs do; the first step is then buf <- momentum * buf + g like every
-other. The draw comes from torch's global generator when the optimizer is built, right after the
-model's initialisation, so it follows ``run.seed`` (and is the same on every DDP rank).
+coordinate, as the paper's GELU runs and its published SGDM PReLU runs (symmetric, bQ-only) do; the
+first step is then buf <- momentum * buf + g like every other. The draw comes from torch's global
+generator when the optimizer is built, right after the model's initialisation, so it follows
+``run.seed`` (and is the same on every DDP rank).
 """
 
 from __future__ import annotations
