@@ -12,6 +12,8 @@ import json
 import math
 import os
 import random
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from configs import Config, UserError, to_dict
+from configs import Config, UserError, flat_values, to_dict, what_is
 
 CKPT_GLOB = "ckpt_*.pt"
 SUPERSEDED = ".superseded"  # suffix of checkpoints set aside because a resume went back before them
@@ -104,24 +106,56 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     """
     path = checkpoint_path(run_dir, step)
     tmp = path.with_name(path.name + ".tmp")
+    side = sidecar(path)
+    side_tmp = side.with_name(side.name + ".tmp")
     try:
         torch.save(payload, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         meta = {"step": step, "sha256": sha256_file(tmp), "val_loss": payload.get("val_loss")}
-        side = sidecar(path)
-        side_tmp = side.with_name(side.name + ".tmp")
         side_tmp.write_text(json.dumps(meta) + "\n")
         os.replace(side_tmp, side)
         os.replace(tmp, path)
         fsync_dir(run_dir)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+        for partial in (tmp, side_tmp):  # it would only hold on to the space that is missing
+            partial.unlink(missing_ok=True)
         raise UserError(
-            f"cannot write checkpoint '{path}' ({e}); free disk space or fix permissions, "
-            "then continue with --run.resume=true"
+            f"cannot write checkpoint '{path}' ({write_failure(e, run_dir)}); {kept_checkpoint(run_dir)}; "
+            "free disk space or fix permissions, then continue with --run.resume=true"
         ) from None
     prune_checkpoints(run_dir, keep)
     return path
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a failed write (a full disk) leaves the old file as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a partial copy would only take up space
+        raise
+
+
+def write_failure(e: Exception, folder: Path) -> str:
+    """Why a write into ``folder`` failed, in words: the system's reason, or the free space left."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return f"the write failed with {free}"
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run that stops on an error leaves to continue from, for its error line."""
+    good = list_checkpoints(run_dir)
+    if not good:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint {good[-1]} (step {checkpoint_step(good[-1])}) is kept"
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
@@ -161,13 +195,29 @@ def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
-    """Load one checkpoint, checked against its recorded sha256; a UserError names a damaged file."""
+def load_checkpoint(path: Path, verify: bool = True, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load one checkpoint, checked against its recorded sha256; a UserError names a damaged file.
+
+    One without a readable record loads unverified, and ``warn`` (default: a line on stderr) says so.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint '{path}' not found; pass an existing ckpt_*.pt file")
+        raise UserError(f"checkpoint '{path}' {what_is(path)}; pass a ckpt_*.pt file")
+    if path.suffix == ".json":
+        raise UserError(
+            f"'{path}' is a checkpoint's integrity record, not the checkpoint; pass {path.with_suffix('.pt')}"
+        )
     meta = checkpoint_meta(path) if verify else {}
-    if meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+    if verify and not meta.get("sha256"):
+        # Loaded all the same (a checkpoint copied without its record is still the weights), but never
+        # without a word: the user learns that nothing vouches for the file.
+        why = "is missing" if not sidecar(path).exists() else "is unreadable"
+        note = f"warning: {sidecar(path).name}, the sha256 record of '{path}', {why}; loading it unverified"
+        if warn is not None:
+            warn(note)
+        else:
+            print(note, file=sys.stderr)
+    elif verify and sha256_file(path) != meta["sha256"]:
         raise UserError(f"checkpoint '{path}' does not match the sha256 in {sidecar(path).name} (corrupt or truncated)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -184,7 +234,7 @@ def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[
     ckpts = list_checkpoints(run_dir)
     for path in reversed(ckpts):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, warn=warn)
         except UserError as e:
             warn(f"warning: {e}; falling back to an earlier checkpoint")
     if ckpts:
@@ -249,15 +299,7 @@ RESUME_MAY_CHANGE = {
 }
 
 
-def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables as one level of dotted keys: {"adamw": {"lr": 1}} -> {"adamw.lr": 1}."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+flat = flat_values  # nested tables as one level of dotted keys (kept by this name for the run-dir tools)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -299,9 +341,16 @@ def check_resumable(state: dict[str, Any], cfg: Config, world_size: int, path: P
             "pass the checkpoint's values or start a new run with another --run.name"
         )
     old_accum = state["config"]["train"]["grad_accum"]
-    if old_accum * state["world_size"] != cfg.train.grad_accum * world_size:
+    product = old_accum * state["world_size"]  # micro-batches per step: the resumed run must keep it
+    if product != cfg.train.grad_accum * world_size:
+        if product % world_size == 0:
+            fix = f"pass --train.grad_accum={product // world_size}"
+        else:  # no grad_accum fits this many processes: name the process counts nearest to it that do
+            counts = sorted((n for n in range(1, product + 1) if product % n == 0), key=lambda n: abs(n - world_size))
+            fix = "resume with " + " or ".join(
+                f"{n} process{'es' if n > 1 else ''} and --train.grad_accum={product // n}" for n in sorted(counts[:3])
+            )
         raise UserError(
             f"cannot resume from '{path}': it ran grad_accum x processes = {old_accum}x{state['world_size']}, "
-            f"this run {cfg.train.grad_accum}x{world_size}; choose --train.grad_accum so that the product is "
-            f"{old_accum * state['world_size']}"
+            f"this run {cfg.train.grad_accum}x{world_size}; the product must stay {product}: {fix}"
         )

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configs import Config, UserError
+from configs import Config, UserError, resolve_device
 
 # Dense peak FLOP/s by GPU name fragment: (bf16, tf32). Matched in order, so specific names first.
 GPU_PEAK_FLOPS: list[tuple[str, float, float]] = [
@@ -113,12 +113,8 @@ def setup_context(cfg: Config) -> Context:
               file=sys.stderr, flush=True)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = cfg.run.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
+    want = resolve_device(cfg.run.device, "--run.device")  # a device this machine lacks is refused here
     if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("run.device asks for CUDA but no GPU is visible; use --run.device=cpu")
         if want == "cuda" and local_rank >= torch.cuda.device_count():
             raise UserError(
                 f"LOCAL_RANK {local_rank} but {torch.cuda.device_count()} GPU(s) visible on this node; "
@@ -145,6 +141,12 @@ def setup_context(cfg: Config) -> Context:
         dtype = {"float32": None, "bfloat16": torch.bfloat16}[cfg.run.dtype]
     run_dir = Path(cfg.run.dir) / cfg.run.name
     return Context(device, rank, world, local_rank, run_dir, dtype)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that the device (or the host, for CPU tensors) could not serve."""
+    text = str(e)
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype | None, override: float = 0.0) -> float | None:

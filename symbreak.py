@@ -49,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown tool '{name}'; use one of: {', '.join(COMMANDS)} (symbreak --help)", file=sys.stderr)
         return 2
     module, leading, _ = COMMANDS[name]
-    sys.argv[0] = f"symbreak {name}"  # the tool's usage line names the command as typed
-    # imported only when chosen, so that a tool's optional dependencies (transformers, datasets) load
-    # only for the tools that need them
-    code = importlib.import_module(module).main([*leading, *rest])
+    # The tool's usage line names the command as typed (configs.program reads it): "symbreak NAME", or
+    # "symbreak" where the tool's own subcommand (the leading argument) adds the NAME.
+    typed, sys.argv[0] = sys.argv[0], "symbreak" if leading else f"symbreak {name}"
+    try:
+        # imported only when chosen, so that a tool's optional dependencies (transformers, datasets) load
+        # only for the tools that need them
+        code = importlib.import_module(module).main([*leading, *rest])
+    finally:
+        sys.argv[0] = typed
     return code or 0
 
 

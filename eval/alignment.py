@@ -49,12 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command, resolve_device
 from data.shards import find_shards, open_shard
+from eval.output import check_folder_target, staged_folder
 from eval.run import load_run, run_dataset
 from model.symmetry import BiasSpec, draw_biases
+from progress import progress_bar
 
 FUNCTION_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that "
@@ -71,9 +72,10 @@ def query_directions(model: Any, direction: str = "bq", seed: int = 0) -> torch.
     cfg = model.config
     shape = (cfg.n_layer, cfg.n_head, cfg.head_dim)
     # the query bias this model's [symmetry] settings describe, whatever its mode
-    spec = BiasSpec(dataclasses.replace(cfg.symmetry, mode="bq"), cfg.n_layer, cfg.n_head, cfg.head_dim)
-    if direction == "bq":
-        d = spec.means()["q"].float().expand(shape)
+    spec = BiasSpec(dataclasses.replace(cfg.symmetry, mode="bq", learned=False), cfg.n_layer, cfg.n_head, cfg.head_dim)
+    if direction == "bq":  # a learned query bias: the one the run trained, else the draws' mean
+        learned = model.mean_biases().get("q") if cfg.symmetry.learned else None
+        d = (spec.means()["q"] if learned is None else learned.detach()).float().expand(shape)
     elif direction == "draw":
         d = draw_biases(spec, seed, 0)["q"].float().expand(shape)
     elif direction == "random":
@@ -93,7 +95,7 @@ def key_cosines(model: Any, directions: torch.Tensor, positions: list[int], prog
     key_bias = model.mean_biases().get("k")
     dirs = directions.to(wte.device)
     out = torch.empty(cfg.n_layer, H, V, len(positions))
-    for j, p in enumerate(tqdm(positions, desc="positions", disable=not progress, file=sys.stderr)):
+    for j, p in enumerate(progress_bar(positions, desc="positions", disable=not progress, file=sys.stderr)):
         x = wte + wpe[p]
         for layer, block in enumerate(model.transformer.h):
             w = block.attn.c_attn.weight[C : 2 * C].float()
@@ -382,9 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="count token frequencies in this dataset folder instead of the run's")
     p.add_device()
     args = p.parse_args(argv)
+    if args.freq_tokens < 1:
+        raise UserError(f"--freq_tokens must be >= 1 (the training tokens to count), got {args.freq_tokens}")
+    out = Path(args.out)
+    check_folder_target(out, "--out")
     args.device = resolve_device(args.device)
     run = load_run(args.run_dir, args.device, args.checkpoint)
     model = run.model
+    if model.config.position != "learned":
+        raise UserError(
+            f"'{args.run_dir}' has rotary positions and the alignment analysis reads a position embedding; "
+            "analyse a run with model.position=learned"
+        )
     direction = args.direction or ("bq" if "q" in model.mean_biases() else "random")
     V = model.config.vocab_size
     k = min(args.k, max(1, V // 10))
@@ -396,14 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
     if counts is None:
         summary["note"] = f"no frequency bands: {why}"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "alignment.json").write_text(json.dumps(summary, indent=2))
-    np.save(out / "cosines.npy", cos.mean(dim=-1).numpy())
-    np.save(out / "paper_cosines.npy", paper)
-    np.save(out / "positional.npy", positional)
-    plot(out, summary, cos, classes)
-    plot_positional(out, direction, positional)
+    with staged_folder(out, "--out") as stage:
+        (stage / "alignment.json").write_text(json.dumps(summary, indent=2))
+        np.save(stage / "cosines.npy", cos.mean(dim=-1).numpy())
+        np.save(stage / "paper_cosines.npy", paper)
+        np.save(stage / "positional.npy", positional)
+        plot(stage, summary, cos, classes)
+        plot_positional(stage, direction, positional)
     print(format_summary(summary))
     print(f"wrote {out}/alignment.json, cosines.npy, heatmap_layer*.png, enrichment.png, and the paper's")
     print("statistic: paper_cosines.npy, positional.npy, positional_heatmap.png, positional_layers.png")

@@ -8,18 +8,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
 
 from checkpoints import save_checkpoint
 from configs import ArgumentParser, UserError, command, from_dict, to_dict, to_toml
 from data.dataset import TOKENIZER_DIR
 from data.hf_tokenizer import save_hf
 from data.tokenizer import fixed_vocabulary
+from eval.output import check_folder_target, staged_folder
 from eval.run import load_run
 from model.hf import export, from_gpt2
 
@@ -43,6 +48,7 @@ def import_run(src: str, out_run: str | Path, tokenizer: str = "gpt2") -> Path:
     """A run dir (config.toml + checkpoint) holding stock GPT-2 weights, readable by the eval tools and a
     starting point for training (``--run.init_from=OUT_RUN``). ``tokenizer`` is the one its ids are."""
     out = Path(out_run)
+    check_folder_target(out, "OUT_RUN")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"'{out}' is not empty; choose another OUT_RUN")
     model = from_gpt2(load_gpt2(src))
@@ -78,6 +84,18 @@ def import_run(src: str, out_run: str | Path, tokenizer: str = "gpt2") -> Path:
     return save_checkpoint(out, 0, payload, keep=1)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bar from save_pretrained: stderr is for the one line that says what went wrong."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def export_run(
     run_dir: str, out_dir: str, checkpoint: str | None = None, custom: bool = False, overwrite: bool = False
 ) -> str:
@@ -88,13 +106,16 @@ def export_run(
     out = Path(out_dir)
     if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
         raise UserError(f"'{out_dir}' is inside the run dir '{run_dir}'; export to a folder of its own")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    check_folder_target(out, "OUT_DIR")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"'{out_dir}' is not an empty folder; choose another OUT_DIR or pass --overwrite")
     run = load_run(run_dir, "cpu", checkpoint)
-    kind = export(run.model, out_dir, run.tokenizer.eot, custom)
-    save_hf(run.tokenizer, out_dir, run.model.config.block_size)
-    record = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
-    (Path(out_dir) / "symbreak.json").write_text(json.dumps(record))
+    # written aside and moved into OUT_DIR at the end: a full disk leaves OUT_DIR as it was
+    with quiet_transformers(), staged_folder(out, "OUT_DIR", replace=overwrite, errors=(SafetensorError,)) as stage:
+        kind = export(run.model, stage, run.tokenizer.eot, custom)
+        save_hf(run.tokenizer, stage, run.model.config.block_size)
+        record = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "tokenizer": run.tokenizer.name}
+        (stage / "symbreak.json").write_text(json.dumps(record))
     how = "GPT2LMHeadModel" if kind == "gpt2" else "AutoModelForCausalLM(..., trust_remote_code=True)"
     return f"exported {run.checkpoint} with its {run.tokenizer.name} tokenizer to {out_dir} ({how})"
 

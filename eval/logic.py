@@ -59,10 +59,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
-from configs import ArgumentParser, UserError, command, resolve_device
+from configs import ArgumentParser, UserError, command, require, resolve_device
+from eval.output import check_file_target, write_file
 from eval.run import load_run
+from progress import progress_bar
 
 ANSWER_CATEGORIES = ("numeric", "alphabetic", "near", "far", "inference", "copying")
 PAIR_CATEGORIES = ("negation", "syntax")
@@ -292,7 +293,7 @@ def score_tokens(
     order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))  # similar lengths share a batch
     out: list[TokenScores | None] = [None] * len(sequences)
     starts_of_batches = range(0, len(order), batch_size)
-    for b in tqdm(starts_of_batches, desc="logic suite", unit="batch", disable=not progress, file=sys.stderr):
+    for b in progress_bar(starts_of_batches, desc="logic suite", unit="batch", disable=not progress, file=sys.stderr):
         chunk = order[b : b + batch_size]
         seqs, firsts = [], []
         for k in chunk:
@@ -549,15 +550,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_device()
     args = p.parse_args(argv)
+    require(args.batch_size >= 1, f"--batch_size must be at least 1, got {args.batch_size}; pass --batch_size 16")
     args.device = resolve_device(args.device)
     items = read_items(args.items) if args.items else suite_items(args.n, args.seed)
     run = load_run(args.run_dir, args.device, args.checkpoint)
-    biases = {} if args.no_bias else None
-    results = evaluate_items(run.model, run.tokenizer, items, args.device, biases, args.batch_size, progress=True)
     # eval.report reads logic.json: the built-in suite with the mean biases
     default = f"logic_{Path(args.items).stem}" if args.items else "logic"
     default += "_nobias.json" if args.no_bias else ".json"
     out = Path(args.out) if args.out else run.run_dir / default
+    check_file_target(out, "--out")
+    biases = {} if args.no_bias else None
+    results = evaluate_items(run.model, run.tokenizer, items, args.device, biases, args.batch_size, progress=True)
     source = {"items": str(args.items)} if args.items else {"n": args.n, "seed": args.seed}
     meta = {
         "run_dir": str(run.run_dir),
@@ -566,8 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         "biases": "none" if args.no_bias else "mean",
         "tokenizer": run.tokenizer.name,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "categories": results, "summary": flat_summary(results)}, indent=2))
+    record = {"meta": meta, "categories": results, "summary": flat_summary(results)}
+    write_file(out, json.dumps(record, indent=2), "--out")
     print(format_table(results))
     print(f"wrote {out}")
     return 0

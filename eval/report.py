@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from configs import MODES, ArgumentParser, UserError, command
+from eval.output import check_folder_target, staged_folder
+from progress import progress_bar
 
 # Keys that never tell cells apart: where a run lives and how it reports, not what it computes.
 BOOKKEEPING = {
@@ -441,18 +442,31 @@ def build_report(run_dirs: list[str | Path], out: str | Path, title: str = "Run 
     """Read the runs, write report.md, report.json and the plots into ``out``; returns the markdown's path."""
     if not run_dirs:
         raise UserError("no run dirs given; pass one or more folders written by train.py")
-    records = [read_run(d) for d in tqdm(run_dirs, desc="reading runs", unit="run", file=sys.stderr, leave=False)]
+    refuse_duplicates(run_dirs)
+    out = Path(out)
+    check_folder_target(out, "--out")
+    records = [read_run(d) for d in progress_bar(run_dirs, desc="reading runs", unit="run", leave=False)]
     groups = cells(records)
     found = effects(groups)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = plot(groups, found, out)
-    (out / "report.json").write_text(json.dumps(report_json(groups, found), indent=2) + "\n")
-    md = [f"# {title}", "", markdown_tables(groups, found), ""]
-    md += [f"![{p.stem}]({p.name})" for p in pngs]
-    path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    with staged_folder(out, "--out") as stage:
+        pngs = plot(groups, found, stage)
+        (stage / "report.json").write_text(json.dumps(report_json(groups, found), indent=2) + "\n")
+        md = [f"# {title}", "", markdown_tables(groups, found), ""]
+        md += [f"![{p.stem}]({p.name})" for p in pngs]
+        (stage / "report.md").write_text("\n".join(md) + "\n")
+    return out / "report.md"
+
+
+def refuse_duplicates(run_dirs: list[str | Path]) -> None:
+    """Each run once: a run given twice (by two paths or symlinks to one folder) would count as two seeds."""
+    seen: dict[Path, str | Path] = {}
+    for d in run_dirs:
+        real = Path(d).resolve()
+        if real in seen and str(seen[real]) == str(d):
+            raise UserError(f"run dir '{d}' is given twice; pass each run once")
+        if real in seen:
+            raise UserError(f"run dirs '{seen[real]}' and '{d}' are one run ('{real}'); pass each run once")
+        seen[real] = d
 
 
 @command

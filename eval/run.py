@@ -7,13 +7,15 @@ from the record of what the run trained on (``data.json``), checked by its finge
 from __future__ import annotations
 
 import json
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from checkpoints import list_checkpoints, load_checkpoint
-from configs import Config, DataConfig, UserError, from_dict
+from checkpoints import flat, list_checkpoints, load_checkpoint
+from configs import Config, DataConfig, UserError, from_dict, to_dict, what_is
 from data.dataset import DATA_RECORD, TOKENIZER_DIR, Dataset, load_meta, load_tokenizer, open_dataset
 from data.tokenizer import Tokenizer
 from model import GPT
@@ -49,6 +51,30 @@ def stored_config(state: dict) -> Config:
     return from_dict(upgrade_config(state["config"]))
 
 
+# What a checkpoint must share with the run dir it is evaluated in: the model's shape and kind, and the
+# tokenizer its ids belong to (the run dir's copy is used). Initialisation and dropout do not matter here.
+SAME_MODEL_KEYS = ("model.", "symmetry.mode", "data.tokenizer")
+INIT_ONLY = {"model.preset", "model.dropout", "model.prelu_mean", "model.prelu_std"}
+
+
+def check_same_model(run_dir: Path, cfg: Config, path: Path) -> None:
+    """A checkpoint passed with --checkpoint must hold the run's model: another run's would be read with
+    this run's tokenizer and produce nonsense (or nothing) without a word."""
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        return  # nothing to compare with; the model is built from the checkpoint's own config
+    theirs = flat(to_dict(from_dict(upgrade_config(tomllib.loads(saved.read_text())))))
+    ours = flat(to_dict(cfg))
+    keys = [k for k in ours if k.startswith(SAME_MODEL_KEYS) and k not in INIT_ONLY]
+    diffs = [f"{k} {ours[k]!r} vs {theirs.get(k)!r}" for k in keys if ours[k] != theirs.get(k)]
+    if diffs:
+        home = path.parent if (path.parent / "config.toml").is_file() else "the run dir it was trained in"
+        raise UserError(
+            f"checkpoint '{path}' holds another model than run dir '{run_dir}' ({'; '.join(diffs[:3])}); "
+            f"pass it with its own run dir as RUN_DIR ({home}), or a checkpoint of '{run_dir}'"
+        )
+
+
 def load_run(
     run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None
 ) -> LoadedRun:
@@ -58,16 +84,21 @@ def load_run(
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"run dir '{run_dir}' not found; pass the folder a training run wrote (runs/<name>)")
+        raise UserError(f"run dir '{run_dir}' {what_is(run_dir)}; pass the folder a training run wrote (runs/<name>)")
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    state = load_checkpoint(path)
+    notes: list[str] = []  # said once the run has loaded: an error line must stand alone
+    state = load_checkpoint(path, warn=notes.append)
     cfg = stored_config(state)
+    if checkpoint:
+        check_same_model(run_dir, cfg, path)
     if cfg.task.get("name", "lm") != "lm":
         raise UserError(f"'{run_dir}' is a {cfg.task['name']} run; this tool reads language-model runs")
     tokenizer = run_tokenizer(run_dir, cfg)
     model = GPT.from_config(cfg, tokenizer.vocab_size)
     model.load_state_dict(state["model"])
     model.to(device).eval()
+    for note in notes:
+        print(note, file=sys.stderr)
     return LoadedRun(run_dir, cfg, model, tokenizer, path)
 
 

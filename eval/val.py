@@ -14,11 +14,11 @@ import sys
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from configs import ArgumentParser, UserError, command, resolve_device
 from data.loader import TokenStream
 from eval.run import LoadedRun, load_run, run_dataset
+from progress import progress_bar
 from runtime import Context, to_device
 
 DEFAULT_TOKENS = 10 * 1024 * 1024  # 10,485,760: the budget used for the 124M runs
@@ -38,7 +38,7 @@ def validation_loss(
     model.eval()
     total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
     mine = range(ctx.rank, windows(stream, tokens), ctx.world_size)
-    for m in tqdm(mine, desc="validation", unit="batch", disable=not progress, file=sys.stderr, leave=False):
+    for m in progress_bar(mine, desc="validation", unit="batch", disable=not progress, file=sys.stderr, leave=False):
         x, y = stream.batch(m)
         with ctx.autocast():
             _, loss = model(to_device(x, ctx.device), to_device(y, ctx.device))

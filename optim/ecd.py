@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from configs import UserError, non_negative, one_of, positive
+from configs import UserError, finite, non_negative, one_of, positive
 from model.symmetry import draw_key
 
 LOW_LOSS_POLICIES = ("error", "skip", "clamp")
@@ -53,6 +53,7 @@ class Options:  # [optim.ecd]
     def check(self) -> None:
         positive("optim.ecd", eta=self.eta, low_loss_floor=self.low_loss_floor)
         non_negative("optim.ecd", nu=self.nu, weight_decay=self.weight_decay)
+        finite("optim.ecd", f0=self.f0)
         one_of("optim.ecd", "on_low_loss", self.on_low_loss, LOW_LOSS_POLICIES)
 
 

@@ -64,7 +64,7 @@ class Options:  # [optim.soap]
         if self.precondition_frequency < 1:
             raise UserError(f"optim.soap.precondition_frequency must be >= 1, got {self.precondition_frequency}")
         non_negative("optim.soap", eps=self.eps, weight_decay=self.weight_decay, max_precond_dim=self.max_precond_dim)
-        if self.shampoo_beta >= 1:
+        if not self.shampoo_beta < 1:  # nan included
             raise UserError(f"optim.soap.shampoo_beta must be < 1 (< 0: betas[1]), got {self.shampoo_beta}")
 
 

@@ -413,6 +413,8 @@ class ModularAdditionTask(GroupCompositionTask):
 
     def build_model(self) -> nn.Module:
         p, tc = self.tc.p, self.tc
+        if tc.width < 1:
+            raise UserError(f"task.width must be >= 1, got {tc.width}")
         model = PowerMLP(2 * p, tc.width, p, 2, tc.init_scale, in_fan=2 * p, out_fan=p)
         self.keep_init(model)
         return model

@@ -72,8 +72,9 @@ def check_ensemble(tc: QuarticConfig | NeuronConfig) -> None:
     at_least("task", 1, replicas=tc.replicas)
     positive("task", collapse_eps=tc.collapse_eps)
     require(bool(tc.sweep), "task.sweep is empty; give at least one noise level")
-    for zeta in [*tc.sweep, tc.zeta]:
-        non_negative("task", zeta=zeta)
+    for zeta in tc.sweep:  # each a noise level zeta: the message names the key that holds it
+        non_negative("task", sweep=zeta)
+    non_negative("task", zeta=tc.zeta)
 
 
 def sweep_check(values: list[float], fractions: np.ndarray, exponents: list[float], replicas: int) -> dict[str, Any]:

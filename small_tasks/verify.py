@@ -76,7 +76,7 @@ def table(results: dict[tuple[int, int | None], dict[str, dict]], runs: list, ke
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    ap = ArgumentParser(prog="python -m small_tasks.verify", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="a small task's config, e.g. configs/small_tasks/group_composition.toml")
     ap.add_argument("--seeds", type=int, default=8, help="run seeds 0..N-1, and data seeds 0..N-1")
     ap.add_argument("--data_seeds", type=int, default=-1, help="data seeds 0..M-1 instead (0: none, for an idle one)")

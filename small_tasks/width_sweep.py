@@ -86,7 +86,7 @@ def checks(min_width: dict[int, int | None], order: int) -> dict[str, dict]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m small_tasks.width_sweep", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--group", default="C5")
     ap.add_argument("--model", default="mlp", help="mlp | rnn | deep")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4])

@@ -24,7 +24,26 @@ def test_each_tool_has_help(name, capsys):
     except SystemExit as e:  # argparse ends --help with exit 0
         code = e.code
     assert code == 0
-    assert "usage:" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"usage: symbreak {name} ")
+
+
+@pytest.mark.parametrize("name", sorted(symbreak.COMMANDS))
+def test_each_tool_run_as_a_module_names_itself_in_its_usage(name):
+    """``python -m MODULE --help`` names the module (the trainer: ``python train.py``), never a file name."""
+    module, leading, _ = symbreak.COMMANDS[name]
+    typed = ["train.py"] if module == "trainer.cli" else ["-m", module, *leading]
+    proc = subprocess.run([sys.executable, *typed, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: python {' '.join(typed)} "), proc.stdout[:200]
+
+
+def test_the_symbreak_command_leaves_sys_argv_as_it_found_it(capsys):
+    before = list(sys.argv)
+    assert symbreak.main(["nope"]) == 2
+    with pytest.raises(SystemExit):
+        symbreak.main(["export", "--help"])
+    assert sys.argv == before
+    assert "usage: symbreak export " in capsys.readouterr().out
 
 
 def test_a_flag_is_accepted_with_underscores_and_hyphens():

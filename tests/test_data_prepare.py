@@ -245,9 +245,10 @@ def test_cli_errors_are_one_line(tmp_path, corpus, capsys):
 
 
 def test_an_interrupted_preparation_leaves_nothing_that_looks_like_a_dataset(tmp_path, corpus, monkeypatch):
-    """Work goes to OUT.partial and replaces OUT only once complete: a kill midway leaves an older dataset
-    in OUT as it was, and nothing there (or in the partial folder) that the trainer would take."""
+    """Work goes to OUT.partial and replaces OUT only once complete: an interruption midway leaves an older
+    dataset in OUT as it was, and removes the partial folder (data/outdir.py)."""
     from data import prepare as prep
+    from data.outdir import partial_folder
 
     docs, path = corpus
     out = tmp_path / "out"
@@ -262,10 +263,8 @@ def test_an_interrupted_preparation_leaves_nothing_that_looks_like_a_dataset(tmp
     monkeypatch.setattr(prep.Splitter, "add", interrupted)
     assert prep.main(["--source", f"files:{path}", "--tokenizer", "byte", "--out", str(out), "--overwrite"]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    partial = prep.partial_folder(out)
-    assert partial.is_dir() and not (partial / "meta.json").exists()
-    with pytest.raises(UserError, match="holds no token shards|no meta.json"):
-        open_dataset(DataConfig(path=str(partial)))
+    partial = partial_folder(out)
+    assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out"]
     monkeypatch.setattr(prep.Splitter, "add", real_add)
-    run(f"files:{path}", "byte", out, overwrite=True)  # the next run starts clean
+    run(f"files:{path}", "byte", out, overwrite=True)
     assert not partial.exists() and (out / "meta.json").exists()

@@ -11,6 +11,7 @@ from helpers import ROOT
 # A module may import modules of its own layer or of lower ones. Listed by the longest matching prefix.
 LAYERS = {
     "configs": 0,  # the config schema: imports nothing of the project
+    "progress": 0,  # progress bars and their plain-line form for logs: imports nothing of the project
     "model": 1,
     "optim": 1,
     "data": 1,

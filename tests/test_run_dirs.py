@@ -1,13 +1,11 @@
 """A run dir read by the evaluation tools stays as it was; they evaluate on the data the run recorded
 (checked by its fingerprint) or, when told, on other data. Weights of one run seed another, and an
-imported model goes import -> fine-tune -> export. A wandb run continues with its run dir."""
+imported model goes import -> fine-tune -> export."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -107,22 +105,3 @@ def test_import_finetune_export(data_dir, tmp_path):
     )
     ids = tok("The cat", return_tensors="pt").input_ids
     assert ids.tolist() == [list(b"The cat")] and model(ids).logits.shape[-1] == 257
-
-
-def test_a_resumed_run_continues_its_wandb_run(data_dir, tmp_path, monkeypatch):
-    calls = []
-
-    class FakeRun:
-        def log(self, *a, **k):
-            pass
-
-        def finish(self):
-            pass
-
-    ids = types.SimpleNamespace(generate_id=lambda: f"id{len(calls)}")
-    fake = types.SimpleNamespace(init=lambda **kw: calls.append(kw) or FakeRun(), util=ids)
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    assert train.main(args(data_dir, tmp_path, "w", "--run.wandb=offline", steps=2)) == 0
-    assert train.main(args(data_dir, tmp_path, "w", "--run.wandb=offline", "--run.resume=true", steps=4)) == 0
-    assert [c["id"] for c in calls] == ["id0", "id0"] and all(c["resume"] == "allow" for c in calls)
-    assert (tmp_path / "w" / "wandb_id.txt").read_text().strip() == "id0"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from configs import UserError, load_config
+from configs import UserError, load_config, program
 from runtime import SharedUserError
 from trainer.exits import (
     CHECKS_FAILED_EXIT,
@@ -21,7 +21,7 @@ from trainer.exits import (
 )
 from trainer.loop import Hook, Trainer
 
-USAGE = """usage: python train.py [CONFIG] [--section.key=value ...]      (default: configs/quickstart.toml)
+USAGE = """usage: {prog} [CONFIG] [--section.key=value ...]      (default: configs/quickstart.toml)
        torchrun --standalone --nproc_per_node=N train.py CONFIG   (DDP: NCCL on GPU, gloo on CPU)
        python train.py CONFIG --run.resume=true                   (continue from the latest good checkpoint)
 
@@ -65,7 +65,7 @@ def failed_checks(summary: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None, hooks: list[Hook] | tuple[Hook, ...] = ()) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE.format(prog=program()))
         return 0
     config_path = argv[0] if argv and not argv[0].startswith("--") else None
     overrides = argv[1:] if config_path else argv

@@ -27,24 +27,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import optim
 from checkpoints import (
     check_resumable,
+    kept_checkpoint,
     latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint,
     remove_partial_writes,
+    replace_file,
     rng_state,
     save_checkpoint,
     set_aside_newer,
 )
 from configs import Config, UserError, to_dict, to_toml
-from runtime import Context, peak_flops, setup_context
+from model import GPTConfig
+from progress import ProgressBar, progress_bar
+from runtime import Context, out_of_memory, peak_flops, setup_context
 from tasks import build_task
 from trainer.exits import PREEMPTED_EXIT, NonFiniteLoss, RanksDiverged
-from trainer.logs import Loggers, MetricsLog, WandbLogger, wandb_module
+from trainer.init_from import adopt_source_architecture, source_config, user_set
+from trainer.logs import Loggers, MetricsLog, WandbLogger, resume_history, wandb_module
 from trainer.rundir import RunLock, check_start, clear_run
 from trainer.state import TrainState
 
@@ -70,13 +74,15 @@ class StepResult:
 
 class Trainer:
     def __init__(self, cfg: Config, ctx: Context | None = None, hooks: list[Hook] | tuple[Hook, ...] = ()):
-        self.cfg = optim.resolve(cfg)
+        # an init_from source's architecture where the user chose none: the weights fit only their own model
+        self.cfg, self.adopted = adopt_source_architecture(optim.resolve(cfg))
         self.ctx = ctx or setup_context(self.cfg)
         self.hooks = list(hooks)
         self.stop_signal: int | None = None
         self.exit_code = 0
-        self.bar: tqdm | None = None
+        self.bar: ProgressBar | None = None
         self.logs: Loggers | None = None
+        self.tracker = WandbLogger(self.cfg, self.ctx)
         self.state = TrainState()
         self.lock = RunLock(self.ctx.run_dir)
 
@@ -94,14 +100,51 @@ class Trainer:
                 return self.existing_summary()
             self.train()
             return self.finish()
+        except OSError as e:  # a full disk (or a file taken away) while writing the run's files
+            fix = "free disk space or fix permissions"
+            raise UserError(self.failure(e.strerror or str(e), e.filename, fix)) from None
+        except (MemoryError, RuntimeError) as e:
+            if not out_of_memory(e):
+                raise
+            raise UserError(self.out_of_memory_advice()) from None
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.close_bar()
-            if self.logs is not None:
-                self.logs.close()
-            if self.ctx.is_main:
-                self.lock.release()
+            try:  # the lock goes whatever else fails on the way out: a stale one would block the retry
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                self.close_bar()
+                if self.logs is not None:
+                    self.logs.close()
+                self.tracker.finish()  # a start that failed after wandb began
+            finally:
+                if self.ctx.is_main:
+                    self.lock.release()
+
+    def failure(self, reason: str, filename: Any, fix: str) -> str:
+        """The error line of a run stopped by its environment: what failed, what is kept, how to go on."""
+        where = f": '{filename}'" if filename else ""
+        return (
+            f"the run stopped at step {self.state.step} ({reason}{where}); "
+            f"{kept_checkpoint(self.ctx.run_dir)}; {fix}, then continue with --run.resume=true"
+        )
+
+    def out_of_memory_advice(self) -> str:
+        """Which size to shrink: the model's, when it did not even fit before training; else the batch's."""
+        device = self.ctx.device
+        if getattr(self, "optimizer", None) is None:  # the model (or its optimizer) could not be allocated
+            tokenizer = getattr(getattr(self, "task", None), "tokenizer", None)
+            if tokenizer is None:  # a small task: its sizes live in [task]
+                return f"the task's model does not fit in the memory of {device}; lower its sizes in [task]"
+            m = GPTConfig.from_config(self.cfg.model, self.cfg.symmetry, tokenizer.vocab_size)
+            n = 12 * m.n_layer * m.n_embd**2 + (m.padded_vocab_size + m.block_size) * m.n_embd  # weights, roughly
+            return (
+                f"the model does not fit in the memory of {device}: model.n_layer={m.n_layer} and "
+                f"model.n_embd={m.n_embd} make about {n:.3g} parameters ({4 * n / 2**30:,.0f} GiB in fp32); "
+                "lower model.n_embd or model.n_layer (or pick a smaller model.preset)"
+            )
+        return self.failure(
+            f"out of memory on {device}", None,
+            "lower train.batch_size (raise train.grad_accum to keep the tokens per step) or the model's size",
+        )
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -118,6 +161,8 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         random.seed(cfg.run.seed)
+        if self.adopted:
+            self.say(self.adopted)
         self.task = build_task(cfg, ctx)
         self.model = self.task.build_model().to(ctx.device)
         self.optimizer = optim.build_optimizer(self.task.param_groups(self.model), cfg.optim)
@@ -132,12 +177,17 @@ class Trainer:
         if resumed is not None and self.state.step >= self.max_steps:
             self.say(f"the run already finished {self.state.step} steps; raise --train.max_steps to train further")
             return False
-        ctx.run_on_main(lambda: self.write_run_files(replace, resumed))
-        self.train_model = self.wrap(self.model)
         source = resumed.parent / "metrics.jsonl" if resumed is not None else None
         resume_step = self.state.step if resumed is not None else None
-        metrics = MetricsLog(ctx.run_dir / "metrics.jsonl", resume_step, ctx.is_main, source)
-        self.logs = Loggers(metrics, WandbLogger(cfg, ctx, wandb))
+        read: dict[str, list[dict]] = {}  # the resume's metrics, read before the run dir changes (rank 0)
+        if resumed is not None:
+            path = ctx.run_dir / "metrics.jsonl"
+            ctx.run_on_main(lambda: read.update(history=resume_history(path, self.state.step, source)))
+        ctx.run_on_main(lambda: self.tracker.start(wandb, continuing=resuming))
+        ctx.run_on_main(lambda: self.write_run_files(replace, resumed))
+        self.train_model = self.wrap(self.model)
+        metrics = MetricsLog(ctx.run_dir / "metrics.jsonl", resume_step, ctx.is_main, source, read.get("history"))
+        self.logs = Loggers(metrics, self.tracker)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.say(
             f"run {ctx.run_dir}: {n_params / 1e6:.2f}M parameters, {ctx.world_size} process(es) on {ctx.device}, "
@@ -146,7 +196,7 @@ class Trainer:
         if resumed is None and cfg.eval.at_start:
             self.state.initial_val = self.evaluate()
         if ctx.is_main and cfg.train.progress:
-            self.bar = tqdm(
+            self.bar = progress_bar(
                 total=self.max_steps,
                 initial=self.state.step,
                 desc=cfg.run.name,
@@ -166,7 +216,8 @@ class Trainer:
         if resumed is not None:
             set_aside_newer(run_dir, self.state.step, self.say)
         self.task.write_run_files(run_dir)
-        (run_dir / "config.toml").write_text(to_toml(to_dict(self.cfg)))
+        replace_file(run_dir / "config.toml", to_toml(to_dict(self.cfg)))  # a resume's old one stays on a full disk
+        self.tracker.keep_id()
 
     def resume(self) -> Path | None:
         """Load the checkpoint to continue from, if any: rank 0 picks and verifies it (falling back past
@@ -177,7 +228,7 @@ class Trainer:
         def pick() -> str | None:
             if cfg.run.checkpoint:
                 path = Path(cfg.run.checkpoint)
-                state = load_checkpoint(path)
+                state = load_checkpoint(path, warn=self.say)
             else:
                 found = latest_good_checkpoint(ctx.run_dir, self.say)
                 if found is None:
@@ -212,13 +263,18 @@ class Trainer:
             if not found:
                 raise UserError(f"run.init_from '{source}' holds no checkpoint; pass a ckpt_*.pt file or a run dir")
             source = found[-1]
-        state = load_checkpoint(source)
+        state = load_checkpoint(source, warn=self.say)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             detail = " ".join(str(e).split())[:300]
+            given, chosen = source_config(source), ", ".join(user_set(self.cfg, "model"))
+            mine = f" (set by you: {chosen})" if chosen else ""
+            fix = "set [model] to match"
+            if given:  # its architecture is written down: taken over when no model key is set
+                fix = f"drop your model keys, or pass its config: python train.py {given} --run.name=NEW ..."
             raise UserError(
-                f"run.init_from '{source}' holds weights of another architecture ({detail}); set [model] to match"
+                f"run.init_from '{source}' holds weights of another architecture than [model]{mine} ({detail}); {fix}"
             ) from None
         self.say(f"starting from the weights of {source}")
 
@@ -473,7 +529,7 @@ class Trainer:
         summary.update({k: v for k, v in s.last_val.items() if k != "val_loss"})
         if self.exit_code == 0:
             summary.update(self.task.finish(self.model, self.logs.history))
-        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        replace_file(ctx.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def existing_summary(self) -> dict[str, Any]:

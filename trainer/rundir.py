@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from checkpoints import list_checkpoints
-from configs import UserError
+from configs import UserError, what_is
 
 LOCK = ".lock"
 
@@ -54,7 +54,10 @@ class RunLock:
         self.created_dir = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
+        except FileExistsError:  # a file, or a symlink to nothing
+            what = what_is(self.run_dir)
+            raise UserError(f"run dir '{self.run_dir}' {what}; choose another --run.dir or --run.name") from None
+        except NotADirectoryError:
             raise UserError(f"run dir '{self.run_dir}' is a file; choose another --run.dir or --run.name") from None
         except OSError as e:
             msg = f"cannot create run dir '{self.run_dir}' ({e.strerror}); choose another --run.dir"
@@ -70,9 +73,13 @@ class RunLock:
             except OSError as e:
                 msg = f"cannot write in run dir '{self.run_dir}' ({e.strerror}); fix its permissions"
                 raise UserError(msg) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me) + "\n")
-            self.held = True
+            self.held = True  # the file is ours from here: release() removes it on every way out
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(me) + "\n")
+            except OSError as e:  # a full disk: the lock must not outlive this failed start
+                self.release()
+                raise UserError(f"cannot write in run dir '{self.run_dir}' ({e.strerror}); free disk space") from None
             return
         raise UserError(f"another run took '{self.path}' just now; wait for it or choose another --run.name")
 
@@ -98,8 +105,11 @@ class RunLock:
         """Give the run dir up; one this run created and left empty (a failed start) goes too."""
         if not self.held:
             return
-        self.path.unlink(missing_ok=True)
         self.held = False
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # the run dir itself went away or became read-only: nothing left to give up
+            pass
         if self.created_dir:
             try:
                 self.run_dir.rmdir()  # only if empty
