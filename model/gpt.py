@@ -1,9 +1,10 @@
 """A nanoGPT-style GPT-2 whose attention takes unlearned query/value/key biases.
 
-Learned positions, pre-LayerNorm, tied embeddings, vocabulary padded to a multiple of 64,
-init std 0.02 with residual projections scaled by (2 * n_layer)^-1/2. The biases are passed in as
-tensors (drawn outside, see model/symmetry.py) so a compiled forward has no graph break and
-attention stays on F.scaled_dot_product_attention.
+Learned positions (or rotary q and k, model/rope.py), pre-LayerNorm, tied embeddings, vocabulary padded to
+a multiple of 64, init std 0.02 with residual projections scaled by (2 * n_layer)^-1/2. The biases are
+passed in as tensors (drawn outside, see model/symmetry.py) so a compiled forward has no graph break and
+attention stays on F.scaled_dot_product_attention. With ``symmetry.learned`` they are parameters of the
+attention modules instead, started at the draws' means (the control for the draws' randomness).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from configs import Config, ModelConfig, SymmetryConfig, UserError
+from model.rope import apply_rope, rope_angles, rotary_dims
 from model.symmetry import BiasSpec
 
 PRESETS: dict[str, tuple[int, int, int]] = {  # name: (n_layer, n_head, n_embd)
@@ -28,6 +30,28 @@ PRESETS: dict[str, tuple[int, int, int]] = {  # name: (n_layer, n_head, n_embd)
     "774M": (36, 20, 1280),
     "1.3B": (48, 25, 1600),
 }
+INIT_STD = 0.02  # every Linear and Embedding weight at init; the residual projections are scaled down from it
+REFERENCE_WIDTH = PRESETS["124M"][2]  # the paper's bias values were chosen for GPT-2 124M
+
+
+def init_projection_spread(n_embd: int) -> float:
+    """The standard deviation of one query (or key, or value) coordinate at init.
+
+    A block's attention input is LayerNorm'd (weight 1, bias 0 at init), so each token is a vector of
+    norm √n_embd; c_attn's rows are N(0, INIT_STD²) and its bias is zero, so a coordinate w·x is
+    N(0, INIT_STD²·n_embd) over the draw of w. The residual scaling touches only the output projections.
+    (LayerNorm's eps shrinks the norm by a factor that does not depend on the width: 0.6% for the first
+    block's embeddings of std 0.02, less deeper in.)"""
+    return INIT_STD * math.sqrt(n_embd)
+
+
+def width_scale(symmetry: SymmetryConfig, n_embd: int) -> float:
+    """What multiplies the biases' means and stds: 1 as written, or with ``symmetry.scale = "width"`` the
+    spread at init over GPT-2 124M's, √(n_embd / 768), so a bias is the same multiple of the spread it
+    is added to at any width (exactly 1.0 at width 768)."""
+    if symmetry.scale == "absolute":
+        return 1.0
+    return init_projection_spread(n_embd) / init_projection_spread(REFERENCE_WIDTH)
 
 
 @dataclass
@@ -43,6 +67,11 @@ class GPTConfig(ModelConfig):
         self.check()
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.position == "rope" and self.rope_dims < 2:
+            raise ValueError(
+                f"rope_fraction {self.rope_fraction} of head_dim {self.head_dim} rotates no pair of dimensions; "
+                "raise it"
+            )
 
     @classmethod
     def from_config(cls, model: ModelConfig, symmetry: SymmetryConfig, tokenizer_vocab: int) -> GPTConfig:
@@ -68,11 +97,18 @@ class GPTConfig(ModelConfig):
         return self.n_embd // self.n_head
 
     @property
+    def rope_dims(self) -> int:
+        """The rotated dimensions of each head with ``position = "rope"``."""
+        return rotary_dims(self.head_dim, self.rope_fraction)
+
+    @property
     def padded_vocab_size(self) -> int:
         return (self.vocab_size + 63) // 64 * 64
 
     def bias_spec(self) -> BiasSpec:
-        return BiasSpec(self.symmetry, self.n_layer, self.n_head, self.head_dim)
+        return BiasSpec(
+            self.symmetry, self.n_layer, self.n_head, self.head_dim, width_scale(self.symmetry, self.n_embd)
+        )
 
 
 class PReLU(nn.Module):
@@ -106,6 +142,11 @@ class MLP(nn.Module):
 def _as_head_bias(b: torch.Tensor) -> torch.Tensor:
     """(heads, head_dim) -> (1, heads, 1, head_dim), broadcasting over batch and time."""
     return b.unsqueeze(0).unsqueeze(2)
+
+
+def _add_head_bias(t: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``t`` (B, heads, T, head_dim) plus a per-head bias (heads or 1, head_dim), in ``t``'s dtype."""
+    return t if b is None else t + _as_head_bias(b).to(t.dtype)
 
 
 class KVCache:
@@ -142,6 +183,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.symmetry.learned:  # the control: the mode's biases as parameters, started at the draws' means
+            shape = (cfg.n_head, cfg.head_dim) if cfg.symmetry.per_head else (cfg.head_dim,)
+            for name, mean in cfg.bias_spec().means().items():  # plain Parameters (no Linear): q_bias, v_bias
+                self.register_parameter(f"{name}_bias", nn.Parameter(mean.expand(shape).clone()))
 
     def heads(
         self, x: torch.Tensor, extra_bias: torch.Tensor | None = None
@@ -167,6 +212,22 @@ class CausalSelfAttention(nn.Module):
         ]
         return torch.cat(parts)
 
+    def qkv(
+        self,
+        x: torch.Tensor,
+        bq: torch.Tensor | None,
+        bv: torch.Tensor | None,
+        bk: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q, k, v with the biases added after the projection and, with rope, after the rotation."""
+        if rope is None:
+            # Adding a per-head constant after the projection is adding it to the projection's
+            # bias: one (3C,) vector add instead of elementwise passes over q and v.
+            return self.heads(x, self._packed_bias(bq, bk, bv, x))
+        q, k, v = self.heads(x, self._packed_bias(None, None, bv, x))  # v is not rotated
+        return _add_head_bias(apply_rope(q, *rope), bq), _add_head_bias(apply_rope(k, *rope), bk), v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -175,42 +236,39 @@ class CausalSelfAttention(nn.Module):
         bk: torch.Tensor | None = None,
         reference: bool = False,
         cache: tuple[KVCache, int] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``rope``: the cos and sin (T, rope_dims / 2) of these tokens' positions, or None (no rotation)."""
         B, T, C = x.shape
         p = self.dropout if self.training else 0.0
-        if cache is not None:
-            y = self._cached(x, self._packed_bias(bq, bk, bv, x), *cache)
-        elif reference:  # the plain formulas, kept to check the fast path against
+        if reference and cache is None:  # the plain formulas, kept to check the fast path against
             q, k, v = self.heads(x)
-            if bq is not None:
-                q = q + _as_head_bias(bq)
-            if bk is not None:
-                k = k + _as_head_bias(bk)
-            if bv is not None:
-                v = v + _as_head_bias(bv)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k, v = _add_head_bias(q, bq), _add_head_bias(k, bk), _add_head_bias(v, bv)
             att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             y = F.dropout(att, p) @ v
         else:
-            # Adding a per-head constant after the projection is adding it to the projection's
-            # bias: one (3C,) vector add instead of elementwise passes over q and v.
-            q, k, v = self.heads(x, self._packed_bias(bq, bk, bv, x))
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            q, k, v = self.qkv(x, bq, bv, bk, rope)
+            if cache is not None:
+                y = self._cached(q, k, v, *cache)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def _cached(self, x: torch.Tensor, bias: torch.Tensor | None, cache: KVCache, layer: int) -> torch.Tensor:
+    def _cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
         """Attention of the new positions over the cached ones and themselves (the biases are in k and v)."""
-        q, k, v = self.heads(x, bias)
-        past, T = cache.length, x.size(1)
+        past, T = cache.length, q.size(2)
         k, v = cache.extend(layer, k, v)
         if past == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         if T == 1:  # one new token sees every position
             return F.scaled_dot_product_attention(q, k, v)
         # query i sits at position past + i: it sees keys 0..past + i (is_causal would align top-left)
-        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -222,8 +280,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, bq=None, bv=None, bk=None, reference: bool = False, cache=None):
-        x = x + self.attn(self.ln_1(x), bq, bv, bk, reference, cache)
+    def forward(self, x: torch.Tensor, bq=None, bv=None, bk=None, reference: bool = False, cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), bq, bv, bk, reference, cache, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -237,10 +295,16 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.bias_spec = cfg.bias_spec()
+        layers = dict(wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd))
+        if cfg.position == "learned":
+            layers["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:  # rope: cos/sin of every position made once, so a (compiled) forward only slices them
+            cos, sin = rope_angles(torch.arange(cfg.block_size), cfg.rope_dims, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                **layers,
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
@@ -253,31 +317,40 @@ class GPT(nn.Module):
         padding = torch.zeros(cfg.padded_vocab_size)
         padding[cfg.vocab_size :] = -math.inf
         self.register_buffer("padding_bias", padding, persistent=False)
-        # Evaluation biases: the means, as buffers (n_layer, 1, head_dim) so they move with the model.
-        for name, mean in self.bias_spec.means().items():
+        # Evaluation biases: the means, as buffers (n_layer, 1, head_dim) so they move with the model
+        # (learned biases are parameters of the attention modules instead).
+        for name, mean in {} if cfg.symmetry.learned else self.bias_spec.means().items():
             self.register_buffer(f"mean_b{name}", mean.expand(cfg.n_layer, 1, -1).clone(), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
             elif name.endswith("act.weight"):
                 nn.init.normal_(p, mean=cfg.prelu_mean, std=cfg.prelu_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def mean_biases(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, f"mean_b{name}") for name in self.bias_spec.means()}
+        """The biases used when none are drawn, each (n_layer, 1 or n_head, head_dim): the draws' means, or
+        with ``symmetry.learned`` the learned biases (stacked, so the loss's gradient reaches them)."""
+        if not self.config.symmetry.learned:
+            return {name: getattr(self, f"mean_b{name}") for name in self.bias_spec.means()}
+        D = self.config.head_dim
+        return {
+            name: torch.stack([getattr(block.attn, f"{name}_bias").view(-1, D) for block in self.transformer.h])
+            for name in self.bias_spec.streams()
+        }
 
     def forward(
         self,
@@ -290,10 +363,11 @@ class GPT(nn.Module):
         """Logits (B, T, padded_vocab; -inf at the padding ids) and, with targets, the mean cross-entropy
         over the real vocabulary (a target of -1 is ignored).
 
-        ``biases`` maps "q"/"v"/"k" to (n_layer, heads, head_dim) draws; None means the evaluation
-        means. ``reference`` runs the plain formulas: biases added to q/k/v after projection and
-        attention as matmul-softmax-matmul. With a ``cache`` (see ``new_cache``) the tokens continue the
-        cached ones: they run at positions ``cache.length, ...`` and are added to the cache.
+        ``biases`` maps "q"/"v"/"k" to (n_layer, heads, head_dim) draws; None means ``mean_biases()``
+        (the evaluation means, or the learned biases). ``reference`` runs the plain formulas: biases added
+        to q/k/v after projection (and after the rotation with rope) and attention as matmul-softmax-matmul.
+        With a ``cache`` (see ``new_cache``) the tokens continue the cached ones: they run at positions
+        ``cache.length, ...`` and are added to the cache.
         """
         B, T = idx.shape
         past = 0 if cache is None else cache.length
@@ -301,8 +375,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
         if biases is None:
             biases = self.mean_biases()
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rope = self.transformer.wte(idx), None
+        if self.config.position == "rope":
+            rope = (self.rope_cos[past : past + T], self.rope_sin[past : past + T])
+        else:
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
+        x = self.transformer.drop(x)
         bq, bv, bk = biases.get("q"), biases.get("v"), biases.get("k")
         for i, block in enumerate(self.transformer.h):
             x = block(
@@ -312,6 +390,7 @@ class GPT(nn.Module):
                 None if bk is None else bk[i],
                 reference,
                 None if cache is None else (cache, i),
+                rope,
             )
         if cache is not None:
             cache.length += T
@@ -322,25 +401,41 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def fold_mean_biases(self) -> None:
-        """Add the mean biases into c_attn's bias vector and drop them: the logits are unchanged.
+    def fold_mean_biases(self) -> torch.Tensor | None:
+        """Add the evaluation biases (the means, or the learned biases) into c_attn's bias vector and drop
+        them: the logits are unchanged.
 
         A query/key bias adds to q/k directly; a value bias b gives softmax(.) @ (v + b) =
         softmax(.) @ v + b because attention rows sum to one. Afterwards the model is plain
         symmetric attention, which is what an exported model runs.
+
+        With rope the query and key biases come after the rotation, where no projection bias (which
+        rotates with q) can stand in for them: a key bias is dropped (it adds q·b to every score of a
+        query, which the softmax cancels), and the query bias is removed and returned, (n_layer, n_embd),
+        for the caller to add after the rotation (the exported code does). Otherwise None is returned.
         """
-        C = self.config.n_embd
-        for name, mean in self.mean_biases().items():
+        cfg, C = self.config, self.config.n_embd
+        after_rotation = None
+        for name, bias in self.mean_biases().items():
+            heads = bias.detach().expand(-1, cfg.n_head, -1).reshape(cfg.n_layer, C).clone()
+            if cfg.position == "rope" and name in ("q", "k"):
+                after_rotation = heads if name == "q" else after_rotation
+                continue
             offset = {"q": 0, "k": C, "v": 2 * C}[name]
             for i, block in enumerate(self.transformer.h):
                 lin = block.attn.c_attn
                 if lin.bias is None:
                     lin.bias = nn.Parameter(torch.zeros(3 * C, device=lin.weight.device, dtype=lin.weight.dtype))
-                heads = mean[i].expand(self.config.n_head, -1).reshape(C)
-                lin.bias[offset : offset + C] += heads.to(lin.bias.dtype)
-            delattr(self, f"mean_b{name}")
-        self.config.symmetry = dataclasses.replace(self.config.symmetry, mode="symmetric", k_bias=False)
-        self.bias_spec = self.config.bias_spec()
+                lin.bias[offset : offset + C] += heads[i].to(lin.bias.dtype)
+        for name in self.bias_spec.streams():
+            if cfg.symmetry.learned:
+                for block in self.transformer.h:
+                    delattr(block.attn, f"{name}_bias")
+            else:
+                delattr(self, f"mean_b{name}")
+        cfg.symmetry = dataclasses.replace(cfg.symmetry, mode="symmetric", k_bias=False, learned=False)
+        self.bias_spec = cfg.bias_spec()
+        return after_rotation
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), the PaLM appendix B estimate."""

@@ -30,13 +30,14 @@ import torch.nn as nn
 
 import configs
 from configs import Config, OptimConfig, UserError, build_section
-from optim import adamw, ecd, per_neuron, sgdm, soap
+from optim import adamw, ecd, muon, per_neuron, sgdm, soap
 
 OPTIMIZERS: dict[str, ModuleType] = {
     "adamw": adamw,
     "sgdm": sgdm,
     "soap": soap,
     "ecd": ecd,
+    "muon": muon,
     "per_neuron": per_neuron,
 }
 for _name, _module in OPTIMIZERS.items():  # so that a knob written in [optim] names its table
@@ -122,19 +123,24 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Weight decay (the optimizer's own ``weight_decay``) on the parameters ``optim.decay`` names:
-    ``matrices`` (2-D weights but not embeddings), ``matrices_and_embeddings``, or ``all``."""
+    ``matrices`` (2-D weights but not embeddings), ``matrices_and_embeddings``, or ``all``. An optimizer
+    module with a ``split_groups(model, decay, no_decay, options)`` makes its own groups from those two lists."""
     weight_decay = settings(cfg).weight_decay
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         if cfg.decay == "all":
             decayed = True
-        else:
-            decayed = p.dim() >= 2 and (cfg.decay == "matrices_and_embeddings" or id(p) not in embeddings)
+        else:  # a parameter named *bias is a bias even when 2-D (learned per-head attention biases)
+            matrix = p.dim() >= 2 and not name.endswith("bias")
+            decayed = matrix and (cfg.decay == "matrices_and_embeddings" or id(p) not in embeddings)
         (decay if decayed else no_decay).append(p)
+    split = getattr(get_module(cfg.name), "split_groups", None)
+    if split is not None:  # an optimizer that treats some modules apart (Muon: the blocks' matrices)
+        return split(model, decay, no_decay, settings(cfg))
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -12,7 +12,7 @@ import train
 from configs import CONFIG_DIR, OptimConfig, UserError, load_config
 from model import GPT, GPTConfig
 
-from helpers import QUIET, TINY_GPT
+from helpers import BYTE_QUICKSTART, QUIET, TINY_GPT
 
 TINY = [
     *TINY_GPT,
@@ -133,7 +133,8 @@ def test_sgdm_initial_velocity_equals_a_float64_transcription():
 
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_lowers_the_quickstart_loss(tmp_path, name):
-    args = [f"--run.dir={tmp_path}", "--run.name=x", f"--optim.name={name}", "--train.max_steps=30", *TINY]
+    args = [BYTE_QUICKSTART, f"--run.dir={tmp_path}", "--run.name=x", f"--optim.name={name}", "--train.max_steps=30"]
+    args += TINY
     assert train.main(args + QUICK[name]) == 0
     summary = json.loads((tmp_path / "x" / "summary.json").read_text())
     assert summary["steps"] == 30
@@ -170,7 +171,7 @@ def test_paper_configs_hold_the_papers_settings():
         assert so.original
         assert so.max_precond_dim == 10000 and so.eps == 1e-8
     prelu, gelu = load_config(CONFIG_DIR / "paper" / "prelu.toml"), load_config(CONFIG_DIR / "paper" / "gelu.toml")
-    assert (prelu.model.mlp, prelu.symmetry.v_mean) == ("prelu", 0.5)
+    assert (prelu.model.mlp, prelu.symmetry.v_mean) == ("prelu", 0.0)  # as the published bQ+bV runs logged
     assert (gelu.model.mlp, gelu.symmetry.v_mean) == ("gelu_exact", 0.0)
     assert paper("prelu", "adamw")[1] == optim.adamw.Options(lr=1e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.01)
     assert paper("gelu", "adamw")[1] == optim.adamw.Options(lr=1e-4, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)
