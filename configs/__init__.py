@@ -15,6 +15,7 @@ import difflib
 import functools
 import keyword
 import math
+import os
 import sys
 import tomllib
 import types
@@ -28,7 +29,10 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.toml"
 MLPS = ("prelu", "gelu", "gelu_exact")  # model.mlp: the MLP activation
 MODES = ("symmetric", "bq", "bqbv", "bv")  # symmetry.mode: which unlearned attention biases are drawn
+POSITIONS = ("learned", "rope")  # model.position: a learned position embedding, or rotary q and k
+BIAS_SCALES = ("absolute", "width")  # symmetry.scale: the biases as written, or sized to the model's width
 TOKENIZERS = ("byte", "gpt2", "bpe")  # data.tokenizer (and what a dataset's meta.json may name)
+MAX_SEED = 2**32 - 1  # run.seed: numpy's legacy seeding takes no more
 
 
 class UserError(Exception):
@@ -49,12 +53,52 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
+def program() -> str:
+    """The command as the user typed it, for usage lines: ``symbreak TOOL`` (the symbreak command puts it
+    in sys.argv[0]), ``python -m package.module``, or ``python file.py``."""
+    first = sys.argv[0] if sys.argv else ""
+    if first.split(" ")[0] == "symbreak":
+        return first
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return f"python {Path(first).name}"
+
+
+def flag_count(text: str) -> int:
+    """A tool's integer flag: text that is not an integer keeps argparse's "invalid int value" error."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def flag_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+flag_count.__name__, flag_float.__name__ = "int", "float"  # argparse names the type in its error
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The project's one flag style for its tools: ``--snake_case`` flags (as the config keys are
     written), each also accepted with hyphens (``--max-tokens``); a bad argument is a UserError, so the
-    tool prints one line and exits 2 like every other user error."""
+    tool prints one line and exits 2 like every other user error. Its usage line names the command as
+    typed (``program()``), where argparse would name the file."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        if not args:
+            kwargs.setdefault("prog", program())
+        super().__init__(*args, **kwargs)
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        # every number a tool takes is a count, a size or a seed (>= 0), or a finite float: refused here,
+        # once for all tools, rather than failing deep inside one
+        if kwargs.get("type") in (int, float):
+            kwargs["type"] = {int: flag_count, float: flag_float}[kwargs["type"]]
         spelled = list(names)
         for name in names:
             if name.startswith("--") and "_" in name and name.replace("_", "-") not in spelled:
@@ -68,13 +112,40 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message}; see {self.prog} --help")
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` is the first GPU when one is visible, else the CPU."""
-    if name != "auto":
-        return name
+def valid_device(name: str) -> bool:
+    """auto, cpu, cuda, cuda:N or mps."""
+    kind, colon, index = name.partition(":")
+    return name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and colon == ":" and index.isdigit())
+
+
+def resolve_device(name: str, flag: str = "--device") -> str:
+    """``auto`` is the first GPU when one is visible, else the CPU; a device this machine lacks is a
+    UserError that names ``flag`` (the tool's flag, or ``--run.device``)."""
+    require(valid_device(name), f"unknown {flag} '{name}'; use auto, cpu, cuda, cuda:N or mps")
     import torch  # only tools that run a model ask for a device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "cuda" and int(index or 0) >= gpus:
+        seen = f"{gpus} GPU(s) are visible" if gpus else "no GPU is visible (or torch was built without CUDA)"
+        raise UserError(f"{flag}={name} asks for a GPU but {seen}; use {flag}=cpu or {flag}=auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag}=mps asks for Apple's GPU but it is not available here; use {flag}=cpu or {flag}=auto")
+    return name
+
+
+def what_is(path: Path) -> str:
+    """What is at ``path``, to complete "'<path>' ..." in an error line, so that it names the real cause:
+    "is a folder", "is a file", "is a symlink to '<target>', which does not exist" or "not found"."""
+    if path.is_symlink() and not path.exists():
+        return f"is a symlink to '{os.readlink(path)}', which does not exist"
+    if path.is_dir():
+        return "is a folder"
+    if path.exists():
+        return "is a file"
+    return "not found"
 
 
 def require(ok: bool, message: str) -> None:
@@ -129,13 +200,21 @@ class RunConfig:
     threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
 
     def check(self) -> None:
-        name = Path(self.name)
-        ok = self.name.strip() != "" and not name.is_absolute() and ".." not in name.parts and name != Path(".")
-        require(ok, f"run.name must name a folder inside run.dir, got {self.name!r}; pass --run.name=NAME")
+        # one folder inside run.dir: a separator would nest it, a control character (a pasted newline)
+        # would make a name no log line or shell command shows as it is
+        ok = self.name.strip() not in ("", ".", "..") and not any(c in "/\\" or not c.isprintable() for c in self.name)
+        require(
+            ok,
+            f"run.name must name a folder inside run.dir (one name: no '/', '\\' or control characters), "
+            f"got {self.name!r}; pass --run.name=NAME",
+        )
         require(self.dir.strip() != "", "run.dir must not be empty; pass --run.dir=PATH (default runs)")
-        device = self.device.split(":")[0]
-        good_device = device in ("auto", "cpu", "cuda", "mps") and (device == self.device or self.device[5:].isdigit())
-        require(good_device, f"unknown run.device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
+        require(
+            not (self.overwrite and (self.resume or self.checkpoint)),
+            f"run.overwrite=true and {'run.resume=true' if self.resume else 'run.checkpoint'} contradict each other "
+            "(replace the run, or continue it); keep only one of them",
+        )
+        require(valid_device(self.device), f"unknown run.device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
         one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
         one_of("run", "wandb", self.wandb, ("disabled", "offline", "online"))
         at_least("run", 0, threads=self.threads)
@@ -154,9 +233,24 @@ class ModelConfig:
     prelu_std: float = 1.0
     bias: bool = True
     dropout: float = 0.0
+    position: str = "learned"  # learned (a position embedding) | rope (rotary q and k, no position embedding)
+    rope_fraction: float = 0.5  # rope: the share of each head's dimensions that rotate (the first ones)
+    rope_base: float = 10000.0  # rope: the wavelength base of the rotation frequencies
 
     def check(self) -> None:
         one_of("model", "mlp", self.mlp, MLPS)
+        one_of("model", "position", self.position, POSITIONS)
+        require(
+            math.isfinite(self.rope_fraction) and 0 < self.rope_fraction <= 1,
+            f"model.rope_fraction must be in (0, 1], got {self.rope_fraction}",
+        )
+        positive("model", rope_base=self.rope_base)
+        if self.position != "rope":  # a knob nothing reads is refused, not ignored
+            for key in ("rope_fraction", "rope_base"):
+                require(
+                    getattr(self, key) == getattr(ModelConfig, key),
+                    f"model.{key} applies only with model.position=rope; set --model.position=rope or remove it",
+                )
         at_least("model", 1, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size)
         at_least("model", 0, vocab_size=self.vocab_size)
         fraction("model", dropout=self.dropout)
@@ -178,11 +272,37 @@ class SymmetryConfig:
     k_mean: float = 0.5
     k_std: float = 0.05
     per_head: bool = False  # one draw per head instead of one per layer shared by its heads
+    learned: bool = False  # the control: the mode's biases are parameters, started at the means, never drawn
+    # width: every mean and std times the model's query/value spread at init over GPT-2 124M's (model.gpt)
+    scale: str = "absolute"
 
     def check(self) -> None:
         one_of("symmetry", "mode", self.mode, MODES)
+        one_of("symmetry", "scale", self.scale, BIAS_SCALES)
         finite("symmetry", q_mean=self.q_mean, v_mean=self.v_mean, k_mean=self.k_mean)
         non_negative("symmetry", q_std_min=self.q_std_min, q_std_max=self.q_std_max, v_std=self.v_std, k_std=self.k_std)
+        require(
+            self.q_std_min <= self.q_std_max,
+            f"symmetry.q_std_min ({self.q_std_min}) is above symmetry.q_std_max ({self.q_std_max}); "
+            "the std rises from min to max across the head: swap them",
+        )
+        if self.learned:
+            self.check_learned()
+
+    def check_learned(self) -> None:
+        """Learned biases are never drawn, so a spread set away from its default would be ignored: refused."""
+        require(
+            self.mode != "symmetric", "symmetry.learned=true needs biases to learn; set symmetry.mode to bq, bqbv or bv"
+        )
+        require(
+            not self.k_bias,
+            "symmetry.k_bias cannot be learned (softmax cancels it, so it gets no gradient); set symmetry.k_bias=false",
+        )
+        for key in ("q_std_min", "q_std_max", "v_std", "k_std"):
+            require(
+                getattr(self, key) == getattr(SymmetryConfig, key),
+                f"symmetry.{key} has no effect with symmetry.learned=true (nothing is drawn); remove it",
+            )
 
 
 @dataclass
@@ -209,7 +329,9 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "builtin"  # builtin | a prepared dataset folder name under data.root
+    # a prepared dataset folder under data.root; the built-in corpus's are made on first use: builtin-byte,
+    # builtin-bpe<N> (a BPE of N tokens trained on it), builtin-gpt2, builtin (data.tokenizer's, bytes if unset)
+    name: str = "builtin"
     path: str = ""  # a folder of token shards (*train*.bin / *val*.bin); overrides name
     root: str = "data/prepared"  # where prepared datasets live
     # The dataset's meta.json names its tokenizer. Set this for the builtin corpus (byte if unset) or for
@@ -258,11 +380,17 @@ class EvalConfig:
     batch_size: int = 0  # 0: the training micro-batch size
     sample_tokens: int = 200  # length of the sample printed at the end (0: none)
     sample_prompt: str = "The "
+    sample_temperature: float = 0.8  # of the sample printed at the end (0: the most likely token each time)
+    sample_top_k: int = 40  # the sample draws from the k most likely tokens (0: from all)
     logic: bool = False  # run the logic suite at each validation
     logic_n: int = 20
 
     def check(self) -> None:
-        at_least("eval", 0, interval=self.interval, batch_size=self.batch_size, sample_tokens=self.sample_tokens)
+        at_least(
+            "eval", 0, interval=self.interval, batch_size=self.batch_size, sample_tokens=self.sample_tokens,
+            sample_top_k=self.sample_top_k,
+        )
+        non_negative("eval", sample_temperature=self.sample_temperature)
         at_least("eval", 1, tokens=self.tokens, logic_n=self.logic_n)
 
 
@@ -278,6 +406,8 @@ class Config:
     task: dict[str, Any] = field(default_factory=lambda: {"name": "lm"})
     # dotted keys that the command line set: where two settings conflict, the later one wins
     from_cli: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
+    # the config file that set each dotted key (a key set by no file has its default): errors name it
+    origins: dict[str, str] = field(default_factory=dict, metadata={"internal": True})
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
@@ -384,7 +514,21 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
         setattr(obj, attr, coerce(value, hints[attr], f"{section}.{key}"))
     if hasattr(obj, "check"):
         obj.check()
+    check_kinds(obj, hints, section)
     return obj
+
+
+def check_kinds(obj: Any, hints: dict[str, Any], section: str) -> None:
+    """What holds for every key of its type, after the section's own ``check()`` had its say: a float is
+    finite (no setting means nan or inf), and a key named ``*seed`` seeds generators that take
+    [0, MAX_SEED] (numpy's legacy seeding, torch's, Python's, and the seeds derived from them)."""
+    for f in dataclasses.fields(obj):
+        key, value, kind = key_name(f.name), getattr(obj, f.name), hints[f.name]
+        if kind is float or typing.get_args(kind) == (float,):
+            for v in value if isinstance(value, list) else [value]:
+                finite(section, **{key: v})
+        if kind is int and key.endswith("seed"):
+            require(0 <= value <= MAX_SEED, f"{section}.{key} must be in [0, {MAX_SEED}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -465,14 +609,20 @@ def check_exclusive(layer: dict[str, Any], where: str) -> None:
                 raise UserError(f"{where} sets both {keys}, which say the same thing; keep only one of them")
 
 
-def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_toml(path: str | Path, _seen: tuple[Path, ...] = (), origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """The file's settings over those of the files it inherits; ``origins`` collects which file set each key."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; pass an existing .toml file (see configs/)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file '{path}' is not valid TOML ({e}); fix the syntax") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 text: a binary file, or another encoding
+        msg = f"config file '{path}' is not UTF-8 text (byte {e.start}); pass a .toml file, saved as UTF-8"
+        raise UserError(msg) from None
+    except OSError as e:
+        raise UserError(f"cannot read config file '{path}' ({e.strerror}); check its permissions") from None
     check_exclusive(data, f"'{path}'")
     inherit = data.pop("inherit", None)  # a config may build on another, relative to itself
     if inherit is not None:
@@ -481,18 +631,23 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         parent = (path.parent / inherit).resolve()
         if parent in _seen or parent == path.resolve():
             raise UserError(f"'{path}' inherits '{inherit}', which inherits it back; break the cycle")
-        data = merge(read_toml(parent, (*_seen, path.resolve())), data)
-    return data
+        inherited = read_toml(parent, (*_seen, path.resolve()), origins)
+    if origins is not None:
+        origins.update(dict.fromkeys(flat_values(data), str(path)))
+    return merge(inherited, data) if inherit is not None else data
 
 
-def cli_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
-    out = set()
+def flat_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as one level of dotted keys: {"optim": {"adamw": {"lr": 1}}} -> {"optim.adamw.lr": 1}."""
+    out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, Override):
-            out.add(prefix + key)
-        elif isinstance(value, dict):
-            out |= cli_keys(value, f"{prefix}{key}.")
+        out.update(flat_values(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
     return out
+
+
+def cli_keys(data: dict[str, Any]) -> set[str]:
+    """The dotted keys that the command line set (their values are ``Override``)."""
+    return {key for key, value in flat_values(data).items() if isinstance(value, Override)}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -523,12 +678,24 @@ def check_optimizer_overrides(cfg: Config) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    data = read_toml(path or DEFAULT_CONFIG)
+    origins: dict[str, str] = {}
+    data = read_toml(path or DEFAULT_CONFIG, origins=origins)
     cli = parse_overrides(overrides or [])
     check_exclusive(cli, "the command line")
     cfg = from_dict(merge(data, cli))
+    cfg.origins = origins
     check_optimizer_overrides(cfg)
     return cfg
+
+
+def origin(cfg: Config, key: str) -> str:
+    """Where the dotted ``key`` got its value, for a message that tells the user what to change."""
+    if key in cfg.from_cli:
+        return "on the command line"
+    if key in cfg.origins:
+        default = " (the default config)" if Path(cfg.origins[key]) == DEFAULT_CONFIG else ""
+        return f"in '{cfg.origins[key]}'{default}"
+    return "by default"
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

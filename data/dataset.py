@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any
 
 from configs import DataConfig, UserError
 from data.loader import TokenStream
-from data.prepare import prepare_builtin
+from data.prepare import BPE_VOCAB, prepare_builtin
 from data.shards import find_shards
-from data.tokenizer import GPT2_VOCAB, Tokenizer, get_tokenizer
+from data.tokenizer import GPT2_VOCAB, MIN_BPE_VOCAB, Tokenizer, get_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # a run dir's copy of its dataset's meta.json and tokenizer file
 DATA_RECORD = "data.json"  # a run dir's record of the dataset it trained on: its folder and fingerprint
+# The built-in corpus under its own tokenizer, made on demand: builtin-byte, builtin-gpt2, builtin-bpe,
+# builtin-bpe4096 (a BPE of that many tokens, end-of-text included).
+BUILTIN_NAME = re.compile(r"builtin-(?:(?P<tokenizer>byte|gpt2)|bpe(?P<vocab>[1-9][0-9]*)?)")
 
 
 @dataclass
@@ -97,17 +101,45 @@ def load_tokenizer(folder: Path, meta: dict[str, Any]) -> Tokenizer:
     return tok
 
 
+def builtin_dataset(cfg: DataConfig) -> tuple[str, str, int] | None:
+    """(folder name, tokenizer, BPE vocabulary size) when ``data.name`` is a built-in dataset, else None.
+
+    ``builtin`` takes its tokenizer from ``data.tokenizer`` (bytes if unset); ``builtin-byte``,
+    ``builtin-gpt2``, ``builtin-bpe`` and ``builtin-bpe<N>`` (a BPE of N tokens) name theirs, so that a
+    config picks a BPE size in the one key that ``data.path`` replaces.
+    """
+    if cfg.name == "builtin":
+        tokenizer = cfg.tokenizer or "byte"
+        return f"builtin-{tokenizer}", tokenizer, BPE_VOCAB
+    named = BUILTIN_NAME.fullmatch(cfg.name)
+    if named is None:
+        return None
+    tokenizer, vocab_size = named["tokenizer"] or "bpe", int(named["vocab"] or BPE_VOCAB)
+    if cfg.tokenizer and cfg.tokenizer != tokenizer:
+        raise UserError(
+            f"data.name '{cfg.name}' holds {tokenizer} tokens but data.tokenizer is {cfg.tokenizer}; "
+            f"drop data.tokenizer or use data.name=builtin-{cfg.tokenizer}"
+        )
+    if vocab_size < MIN_BPE_VOCAB:
+        raise UserError(
+            f"data.name '{cfg.name}' asks for a {vocab_size}-token BPE, too small for a byte-level one; "
+            f"use at least builtin-bpe{MIN_BPE_VOCAB} (the quickstart's is builtin-bpe4096)"
+        )
+    return cfg.name, tokenizer, vocab_size
+
+
 def resolve_folder(cfg: DataConfig, ctx: Any = None) -> Path:
     """``data.path`` if set; else the prepared dataset ``data.name`` (the builtin one is made on demand)."""
     if cfg.path:
         return Path(cfg.path)
-    if cfg.name == "builtin":
-        tokenizer = cfg.tokenizer or "byte"
-        folder = Path(cfg.root) / f"builtin-{tokenizer}"
+    builtin = builtin_dataset(cfg)
+    if builtin:
+        name, tokenizer, vocab_size = builtin
+        folder = Path(cfg.root) / name
         is_main = ctx is None or ctx.is_main
         if is_main and not (folder / "meta.json").exists():
             print(f"preparing the built-in corpus into {folder} (once)", flush=True)
-            prepare_builtin(folder, tokenizer)
+            prepare_builtin(folder, tokenizer, vocab_size)
         if ctx is not None:
             ctx.barrier()
         return folder
@@ -120,13 +152,16 @@ def resolve_folder(cfg: DataConfig, ctx: Any = None) -> Path:
     return folder
 
 
-def open_dataset(cfg: DataConfig, ctx: Any = None) -> Dataset:
+def open_dataset(cfg: DataConfig, ctx: Any = None, tokenizer_origin: str = "") -> Dataset:
+    """The dataset ``cfg`` names; ``tokenizer_origin`` says where ``data.tokenizer`` was set (``configs.origin``)."""
     folder = resolve_folder(cfg, ctx)
     if not folder.is_dir():
         raise UserError(f"data folder '{folder}' not found; set --data.path to a folder of token shards")
     meta = load_meta(folder, cfg.tokenizer)
     if cfg.tokenizer and meta["tokenizer"] != cfg.tokenizer:
+        where = f" (set {tokenizer_origin})" if tokenizer_origin else ""
         raise UserError(
-            f"data.tokenizer is {cfg.tokenizer} but '{folder}' holds {meta['tokenizer']} tokens; drop the setting"
+            f"data.tokenizer is {cfg.tokenizer}{where} but '{folder}' holds {meta['tokenizer']} tokens; "
+            f"pass --data.tokenizer={meta['tokenizer']} or another --data.path"
         )
     return Dataset(folder, meta, load_tokenizer(folder, meta))

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -34,9 +36,11 @@ from typing import Any
 import numpy as np
 
 from configs import TOKENIZERS, ArgumentParser, UserError, command
+from data.outdir import finish_output, owned, start_output, write_failure, writing
 from data.shards import dtype_for_vocab, write_shard
 from data.sources import Piece, Source, resolve_source
 from data.tokenizer import BPE_FILE_NAME, Tokenizer, get_tokenizer, train_bpe
+from progress import progress_bar
 
 SHARD_TOKENS = 100_000_000  # llm.c's shard size: 200 MB of uint16
 CHUNK_CHARS = 1 << 20  # text per worker task: amortizes the hand-off, keeps memory small
@@ -157,7 +161,8 @@ class SplitWriter:
     def flush(self) -> None:
         if self.filled:
             name = self.out / f"{self.prefix}_{self.split}_{self.shards:06d}.bin"
-            write_shard(name, self.buf[: self.filled], self.vocab_size)
+            with writing(name):
+                write_shard(name, self.buf[: self.filled], self.vocab_size)
             self.shards += 1
             self.filled = 0
 
@@ -204,37 +209,6 @@ class Splitter:
 # --- the whole preparation ----------------------------------------------------------------------
 
 
-def partial_folder(out: Path) -> Path:
-    """Where a preparation writes until it is complete: nothing in ``out`` changes before that."""
-    return out.with_name(out.name + ".partial")
-
-
-def start_output(out: Path, overwrite: bool) -> Path:
-    """Check that ``out`` may be written and return an empty partial folder beside it."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"'{out}' is not empty; pass --overwrite to replace it, or choose another --out")
-    tmp = partial_folder(out)
-    if tmp.exists():  # left by an interrupted run: never a dataset
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot create '{tmp}' ({e.strerror}); choose another --out") from None
-    return tmp
-
-
-def finish_output(tmp: Path, out: Path) -> None:
-    """Put the complete dataset in place of ``out`` (the old one, with --overwrite, goes only then)."""
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def bpe_sample(source: Source, chars: int, val_every: int) -> Iterator[str]:
     """The first ``chars`` characters of training documents: validation text never shapes the tokenizer."""
     seen, doc = 0, -1
@@ -263,17 +237,54 @@ def prepare(
     shard_tokens: int = SHARD_TOKENS,
     overwrite: bool = False,
     progress: bool = True,
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize ``source`` into ``out``; returns (and writes) meta.json's contents."""
-    from tqdm import tqdm
+    """Tokenize ``source`` into ``out``; returns (and writes) meta.json's contents.
 
+    One preparation of ``out`` runs at a time (see data/outdir.py). Another one running makes this one
+    stop with a UserError, or with ``reuse`` wait for it and return the dataset it made.
+    """
     if val_every < 2:
         raise UserError(f"--val_every {val_every} leaves no training data; use 2 or more")
     if shard_tokens < 1 or workers < 1 or max_tokens < 0 or val_tokens < 0:
         raise UserError("--shard_tokens and --workers must be positive, --max_tokens and --val_tokens not negative")
     out = Path(out)
-    tmp = start_output(out, overwrite)
-    bpe_file = bpe_file or os.environ.get("GPT2_BPE_FILE")
+    target = out.resolve()  # a symlink's target is the folder replaced; the link itself stays as it is
+    with owned(target, out, wait=reuse):
+        if reuse and (target / "meta.json").is_file():
+            return json.loads((target / "meta.json").read_text())  # made by the process this one waited for
+        existed = target.exists()
+        tmp = start_output(target, out, overwrite)
+        try:
+            meta = write_dataset(
+                source, tokenizer, tmp, bpe_file=bpe_file or os.environ.get("GPT2_BPE_FILE"), vocab_size=vocab_size,
+                bpe_sample_chars=bpe_sample_chars, workers=workers, val_every=val_every, val_tokens=val_tokens,
+                max_tokens=max_tokens, shard_tokens=shard_tokens, progress=progress,
+            )
+            finish_output(tmp, target)
+        except OSError as e:
+            raise UserError(write_failure(e, tmp, out, existed)) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # whatever stopped it (an error, Ctrl-C): no partial folder stays
+    return meta
+
+
+def write_dataset(
+    source: Source,
+    tokenizer: str,
+    tmp: Path,
+    *,
+    bpe_file: str | None,
+    vocab_size: int,
+    bpe_sample_chars: int,
+    workers: int,
+    val_every: int,
+    val_tokens: int,
+    max_tokens: int,
+    shard_tokens: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The dataset, written into the empty folder ``tmp``; meta.json last."""
     tokenizer_file = None
     if tokenizer == "bpe":
         tokenizer_file = str(tmp / BPE_FILE_NAME)
@@ -285,7 +296,7 @@ def prepare(
     splitter = Splitter(writers, val_every, val_tokens, max_tokens)
     t0 = time.time()
     with worker_pool(workers, tok, (tok.name, bpe_file, tokenizer_file)) as pool:
-        bar = tqdm(
+        bar = progress_bar(
             total=max_tokens or None,
             unit="tok",
             unit_scale=True,
@@ -328,15 +339,22 @@ def prepare(
         "text_sha256": splitter.sha.hexdigest(),
         "seconds": round(time.time() - t0, 3),
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks a complete dataset
-    finish_output(tmp, out)
+    with writing(tmp / "meta.json"):
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks a complete dataset
     return meta
 
 
-def prepare_builtin(out: str | Path, tokenizer: str = "byte") -> dict[str, Any]:
-    """The built-in corpus, every 20th document held out (the quickstart's dataset)."""
+def prepare_builtin(out: str | Path, tokenizer: str = "byte", vocab_size: int = BPE_VOCAB) -> dict[str, Any]:
+    """The built-in corpus, every 20th document held out (the quickstart's dataset; ``vocab_size`` for a
+    bpe tokenizer). Runs started together may all ask for it: one prepares it, the others wait and use it."""
+    builtin = resolve_source("builtin")
+    # A BPE reads the corpus twice (to train, then to tokenize): its 2 MB are kept from the first pass, which
+    # spares parsing the standard library again (a quarter of the preparation)
+    first_pass = functools.cache(lambda: list(builtin.pieces()))
+    source = dataclasses.replace(builtin, pieces=lambda: iter(first_pass()))
     return prepare(
-        resolve_source("builtin"), tokenizer, out, val_every=20, val_tokens=0, overwrite=True, progress=False
+        source, tokenizer, out, vocab_size=vocab_size, val_every=20, val_tokens=0, overwrite=True, progress=False,
+        reuse=True,
     )
 
 
@@ -358,9 +376,7 @@ def default_workers() -> int:
 
 
 def parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="builtin | openwebtext | fineweb-edu | hf:NAME | files:PATH")
     p.add_argument("--tokenizer", default="gpt2", choices=TOKENIZERS)
     p.add_argument("--out", help=f"output folder (default: {DEFAULT_ROOT}/<source>-<tokenizer>)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from configs import TOKENIZERS, UserError
+from progress import is_terminal
 
 BPE_FILE_NAME = "tokenizer.json"  # a trained BPE, saved beside the shards
 GPT2_VOCAB = 50257
 GPT2_MERGES = 50256  # ranks in a GPT-2 ranks file (every token but end-of-text)
+MIN_BPE_VOCAB = 258  # a byte-level BPE: the 256 bytes, end-of-text, and at least one merge
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_HOW_TO = (
     "set GPT2_BPE_FILE=PATH (python -m data.prepare also takes --bpe_file PATH) to a GPT-2 ranks file in "
@@ -143,15 +146,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: str | Path) -> Tokeni
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 258:
-        raise UserError(f"--vocab_size {vocab_size} is too small for a byte-level BPE; use at least 258")
+    if vocab_size < MIN_BPE_VOCAB:
+        raise UserError(f"--vocab_size {vocab_size} is too small for a byte-level BPE; use at least {MIN_BPE_VOCAB}")
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 1,  # end-of-text takes the last id
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
+        show_progress=is_terminal(sys.stderr),  # its bars leave blank lines in a log file
     )
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))

@@ -1,6 +1,6 @@
 """Generate text from a model, and from a trained run.
 
-    python -m eval.sample runs/quickstart --prompt "The " --tokens 200 --temperature 0.8 --top_k 40
+    python -m eval.sample runs/quickstart --prompt "The" --tokens 64 --temperature 0.8 --top_k 40
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from configs import Config, UserError
+from configs import Config, UserError, origin
 from data.dataset import DATA_RECORD, TOKENIZER_DIR, open_dataset
 from eval.logic import run_suite
 from eval.sample import sample_text
@@ -28,7 +28,7 @@ class LMTask(Task):
         if set(cfg.task) - {"name"}:
             extra = sorted(set(cfg.task) - {"name"})[0]
             raise UserError(f"unknown config key 'task.{extra}' for the lm task; remove it")
-        self.data = open_dataset(cfg.data, ctx)
+        self.data = open_dataset(cfg.data, ctx, origin(cfg, "data.tokenizer"))
         self.tokenizer = self.data.tokenizer
         m = cfg.model
         self.block_size = m.block_size
@@ -83,6 +83,7 @@ class LMTask(Task):
         if not e.sample_tokens:
             return {}
         text = sample_text(
-            model, self.tokenizer, e.sample_prompt, e.sample_tokens, seed=self.cfg.run.seed, device=self.ctx.device
+            model, self.tokenizer, e.sample_prompt, e.sample_tokens, e.sample_temperature, e.sample_top_k or None,
+            seed=self.cfg.run.seed, device=self.ctx.device,
         )
         return {"sample": text}

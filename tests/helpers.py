@@ -33,6 +33,9 @@ def gpt2_ranks() -> Path:
         pytest.skip(f"no GPT-2 ranks file at {GPT2_RANKS}: set GPT2_BPE_FILE to a gpt2.tiktoken (see docs/data.md)")
     return GPT2_RANKS
 
+# The quickstart on bytes: tests train on it rather than on configs/quickstart.toml, whose BPE would be
+# trained first (tests/test_quickstart_bpe.py covers that one).
+BYTE_QUICKSTART = str(CONFIGS / "quickstart-byte.toml")
 # A GPT small enough that a step takes milliseconds; quiet: no progress bar, no closing sample.
 TINY_GPT = ["--model.n_layer=1", "--model.n_embd=32", "--model.n_head=2", "--model.block_size=32"]
 QUIET = ["--train.progress=false", "--eval.sample_tokens=0"]
@@ -61,6 +64,11 @@ def one_line_error(err: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def snapshot(*roots: Path) -> dict[str, bytes]:
+    """Every file under ``roots`` with its bytes: equal before and after, nothing was changed or added."""
+    return {str(p): p.read_bytes() for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}
 
 
 def losses(run_dir: Path) -> dict[tuple[int, str], float]:

@@ -10,7 +10,7 @@ import train
 from eval import alignment, hf, logic, val
 from eval.run import load_run
 
-from helpers import QUIET, TINY_GPT
+from helpers import BYTE_QUICKSTART, QUIET, TINY_GPT
 
 TINY = [
     *TINY_GPT,
@@ -28,7 +28,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert train.main([f"--run.dir={root}", "--run.name=tiny", *TINY]) == 0
+    assert train.main([BYTE_QUICKSTART, f"--run.dir={root}", "--run.name=tiny", *TINY]) == 0
     return root / "tiny"
 
 

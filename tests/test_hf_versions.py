@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 import train
 from eval import hf
 
-from helpers import QUIET, TINY_GPT
+from helpers import BYTE_QUICKSTART, QUIET, TINY_GPT
 
 OTHER = os.environ.get("SYMBREAK_OTHER_PYTHON")
 LOAD = """
@@ -41,7 +41,8 @@ def test_exports_load_under_the_other_transformers(tmp_path):
         tmp_path / "gpt2"
     )
     assert hf.main(["import", str(tmp_path / "gpt2"), str(tmp_path / "gelu"), "--tokenizer", "byte"]) == 0
-    prelu = [f"--run.dir={tmp_path}", "--run.name=prelu", "--train.max_steps=2", "--eval.interval=0", *TINY_GPT, *QUIET]
+    prelu = [BYTE_QUICKSTART, f"--run.dir={tmp_path}", "--run.name=prelu", "--train.max_steps=2", "--eval.interval=0"]
+    prelu += [*TINY_GPT, *QUIET]
     assert train.main(prelu) == 0
     exports = []
     for run in ("gelu", "prelu"):

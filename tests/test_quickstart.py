@@ -1,4 +1,5 @@
-"""The quickstart path end to end: config -> trainer -> run dir, in every mode and base optimizer."""
+"""The quickstart path end to end on bytes (configs/quickstart-byte.toml): config -> trainer -> run dir, in every
+mode and base optimizer. The BPE quickstart (configs/quickstart.toml) is in test_quickstart_bpe.py."""
 
 import json
 
@@ -6,13 +7,13 @@ import pytest
 
 import train
 
-from helpers import TINY_GPT
+from helpers import BYTE_QUICKSTART, TINY_GPT
 
 FAST = ["--eval.tokens=8192", "--eval.sample_tokens=0", "--train.progress=false", "--eval.interval=0"]
 
 
 def run(tmp_path, name: str, *args: str) -> dict:
-    assert train.main([f"--run.dir={tmp_path}", f"--run.name={name}", *FAST, *args]) == 0
+    assert train.main([BYTE_QUICKSTART, f"--run.dir={tmp_path}", f"--run.name={name}", *FAST, *args]) == 0
     return json.loads((tmp_path / name / "summary.json").read_text())
 
 

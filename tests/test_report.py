@@ -13,7 +13,7 @@ import train
 from configs import load_config, to_dict, to_toml
 from eval import logic, report
 
-from helpers import QUIET, TINY_GPT
+from helpers import BYTE_QUICKSTART, QUIET, TINY_GPT
 
 TINY = [
     *TINY_GPT,
@@ -31,7 +31,8 @@ T975 = {1: 12.706204736, 2: 4.302652730}  # Student's t, 97.5% quantiles (tables
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for seed in (1, 2):
-        assert train.main([f"--run.dir={root}", f"--run.name=s{seed}", f"--run.seed={seed}", *TINY]) == 0
+        argv = [BYTE_QUICKSTART, f"--run.dir={root}", f"--run.name=s{seed}", f"--run.seed={seed}", *TINY]
+        assert train.main(argv) == 0
     return [root / "s1", root / "s2"]
 
 
