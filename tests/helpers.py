@@ -5,6 +5,7 @@ Paths are anchored to the repository root, never to the working directory.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -195,3 +196,12 @@ def args(data_dir: Path, root: Path, name: str, *extra: str, steps: int = STEPS)
     """A tiny run of ``steps`` steps on the synthetic shards (the ``data_dir`` fixture)."""
     run = [f"--data.path={data_dir}", f"--run.dir={root}", f"--run.name={name}", f"--train.max_steps={steps}"]
     return [*RUN, *run, *extra]
+
+
+def bench_module(name: str):
+    """bench/<name>.py imported as the module ``name`` (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

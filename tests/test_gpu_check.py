@@ -1,29 +1,19 @@
 """bench/gpu_check.py on the CPU: every part that can run here runs at toy sizes, the GPU-only ones
 say why they are skipped, and the table and results.json come out."""
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
-from helpers import ROOT
-
-
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, one_thread):
     """One quick run of the in-process parts (the device tests and DDP spawn processes: see below)."""
     out = tmp_path_factory.mktemp("gpu_check")
-    assert gpu_check().main(["--quick", "--parts=env,speed,optim,generate", f"--out={out}"]) == 0
+    assert bench_module("gpu_check").main(["--quick", "--parts=env,speed,optim,generate", f"--out={out}"]) == 0
     return json.loads((out / "results.json").read_text())
 
 
@@ -54,7 +44,7 @@ def test_optimizer_steps_and_generation_are_reported(quick):
 
 
 def test_device_tests_and_ddp_parts_run_on_cpu(tmp_path, capsys):
-    assert gpu_check().main(["--quick", "--parts=tests,ddp", f"--out={tmp_path}"]) == 0
+    assert bench_module("gpu_check").main(["--quick", "--parts=tests,ddp", f"--out={tmp_path}"]) == 0
     report = json.loads((tmp_path / "results.json").read_text())
     tests = report["sections"]["device tests"]
     assert len(tests) >= 10 and all(r["result"].startswith("skipped: needs a CUDA GPU") for r in tests)

@@ -1,7 +1,6 @@
 """bench/gpu_study.py on the CPU at toy size: the corpus, the small tasks, the cells and the paired table,
 end to end; the pairing against a by-hand computation; and its usage errors."""
 
-import importlib.util
 import json
 import math
 import statistics
@@ -11,19 +10,11 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, one_line_error
-
-
-def gpu_study():
-    spec = importlib.util.spec_from_file_location("gpu_study", ROOT / "bench" / "gpu_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_study"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from helpers import ROOT, bench_module, one_line_error
 
 
 def test_tiny_study_runs_end_to_end_and_prints_the_paired_table_last(tmp_path, capsys, one_thread):
-    study = gpu_study()
+    study = bench_module("gpu_study")
     assert study.main(["--tiny", "--cpu", "--tokenizer=byte", f"--out={tmp_path}", f"--work={tmp_path / 'work'}"]) == 0
     out = capsys.readouterr().out.rstrip().splitlines()
     results = json.loads((tmp_path / "results.json").read_text())
@@ -47,7 +38,7 @@ def test_tiny_study_runs_end_to_end_and_prints_the_paired_table_last(tmp_path, c
 
 
 def test_pairing_by_seed_equals_a_computation_by_hand():
-    study = gpu_study()
+    study = bench_module("gpu_study")
     gen = torch.Generator().manual_seed(0)
     loss = {(o, m, s): {0: 5.0, 1000: 4.0 + torch.rand(1, generator=gen).item()} for o in ("sgdm", "ecd")
             for m in ("symmetric", "bq") for s in (1, 2, 3)}
@@ -65,7 +56,7 @@ def test_pairing_by_seed_equals_a_computation_by_hand():
 def test_cells_run_in_waves_that_share_the_time_and_stop_at_the_end_of_their_share(tmp_path, monkeypatch):
     """Four cells two at a time: each wave gets half the time and is stopped by SIGTERM at its end
     (stand-in cells that sleep, so the test takes seconds, not a training run)."""
-    study = gpu_study()
+    study = bench_module("gpu_study")
     monkeypatch.setattr(study, "STOP_GRACE_S", 1.0)
     monkeypatch.setattr(study, "TABLE_RESERVE_S", 0.0)
     sleeper = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(120)"
@@ -97,11 +88,11 @@ def test_cells_run_in_waves_that_share_the_time_and_stop_at_the_end_of_their_sha
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(argv, message, capsys):
-    assert gpu_study().main(argv) == 2
+    assert bench_module("gpu_study").main(argv) == 2
     assert message in one_line_error(capsys.readouterr().err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_without_cuda_it_asks_for_a_gpu_or_cpu(capsys):
-    assert gpu_study().main(["--tiny"]) == 2
+    assert bench_module("gpu_study").main(["--tiny"]) == 2
     assert "no CUDA device" in one_line_error(capsys.readouterr().err)
