@@ -52,6 +52,17 @@ def test_sample_is_written_to_the_summary(tmp_path):
     assert isinstance(summary["sample"], str) and summary["sample"].startswith("The ")
 
 
+def test_the_closing_sample_follows_its_temperature_and_top_k(tmp_path):
+    """Temperature 0 takes the most likely token each time, as top-k 1 does at any temperature; a hot draw
+    from the top 40 of the same model does not."""
+    sample = ["--train.max_steps=2", "--eval.sample_tokens=20", "--model.n_layer=1"]
+    greedy = run(tmp_path, "t0", *sample, "--eval.sample_temperature=0")
+    top1 = run(tmp_path, "k1", *sample, "--eval.sample_top_k=1", "--eval.sample_temperature=2")
+    drawn = run(tmp_path, "t2", *sample, "--eval.sample_temperature=2")
+    assert greedy["sample"] == top1["sample"]
+    assert drawn["sample"] != top1["sample"]
+
+
 def test_a_run_dir_is_readable_without_its_data(tmp_path):
     import shutil
 
