@@ -112,6 +112,9 @@ def test_symmetric_run_passes_and_wrong_readings_fail(tmp_path):
     checks = summary["checks"]
     assert checks["rotation_charge"]["passed"] and checks["rotation_charge"]["observed"] < 1e-12
     assert checks["escape_time"]["passed"]
+    assert {n: c["kind"] for n, c in checks.items()} == {
+        "rotation_charge": "implementation", "escape_time": "prediction", "plateau_levels": "prediction"
+    }
     assert all(e is not None for e in summary["observed"]["escape_steps"])
     # the same escapes read as a run whose saddle bQ removes fail: the slope is the saddle's
     task.spec = BiasSpec(SymmetryConfig(mode="bq"), 1, task.tc.heads, task.tc.head_dim)
