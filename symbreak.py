@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "alignment": ("eval.alignment", [], "which tokens' keys align with the query-bias direction"),
     "report": ("eval.report", [], "tables and plots comparing runs"),
     "grid": ("eval.grid", [], "train an optimizer x symmetry x seed grid (or write its cluster script), then report"),
+    "study": ("eval.study", [], "a paired study: each arm's rate swept, all arms on the same seeds, then the report"),
     "export": ("eval.hf", ["export"], "write a run as a Hugging Face model folder"),
     "import": ("eval.hf", ["import"], "make a run dir from GPT-2 weights"),
     "width-sweep": ("small_tasks.width_sweep", [], "width a power network needs to compose k group elements"),

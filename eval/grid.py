@@ -34,6 +34,7 @@ from pathlib import Path
 import optim
 from configs import MODES, ArgumentParser, UserError, command, load_config, parse_overrides, to_dict
 from eval.report import BOOKKEEPING, build_report, flatten, read_run
+from trainer.exits import NONFINITE_EXIT
 
 AXES = {  # set by the grid for each cell: never by an override
     "optim.name": "--optimizers",
@@ -183,6 +184,8 @@ class Runner:
         if stage != "trained":
             code = self.call([*python, "train", *cell.train_args(self.config, self.overrides)], cell.log)
             if code != 0 or not _completed(cell.run_dir):
+                if code == NONFINITE_EXIT:
+                    return "diverged", time.time() - t0
                 stopped = code in (3, -signal.SIGINT, -signal.SIGTERM)  # a checkpoint was written, or none was due
                 return ("stopped: rerun to continue" if stopped else f"failed (exit {code})"), time.time() - t0
         if self.logic_n:
@@ -199,25 +202,31 @@ class Runner:
                 child.send_signal(signum)
 
 
-def run_grid(runner: Runner, pending: list[tuple[GridCell, str]], jobs: int) -> list[str]:
-    """Every pending cell, ``jobs`` at a time; returns the names of the cells that did not finish."""
+def run_grid(pending: list[tuple[Runner, GridCell, str]], jobs: int) -> dict[str, str]:
+    """Every pending cell, each with the runner of its own overrides, ``jobs`` at a time; returns each
+    cell's outcome by its run dir ("done" when it finished, "diverged" when its loss became non-finite)."""
+    runners = list({id(r): r for r, _, _ in pending}.values())
+
+    def stop(signum: int, frame=None) -> None:
+        for runner in runners:
+            runner.stop(signum, frame)
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, runner.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    unfinished = []
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    outcomes = {}
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(runner.run, cell, stage): cell for cell, stage in pending}
+            futures = {pool.submit(runner.run, cell, stage): cell for runner, cell, stage in pending}
             for k, future in enumerate(as_completed(futures), start=1):
                 cell = futures[future]
                 outcome, seconds = future.result()
                 print(f"[{k}/{len(pending)}] {cell.name}: {outcome} ({seconds:.0f}s, log {cell.log})", flush=True)
-                if outcome != "done":
-                    unfinished.append(cell.name)
+                outcomes[str(cell.run_dir)] = outcome
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return unfinished
+    return outcomes
 
 
 def grid_command(args, overrides: list[str]) -> list[str]:
@@ -315,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     unfinished: list[str] = []
     if not args.report_only:
         print(f"grid {out}: {len(cells)} cells, {len(cells) - len(pending)} already done, {len(pending)} to run")
-        unfinished = run_grid(runner, pending, args.jobs)
+        outcomes = run_grid([(runner, cell, s) for cell, s in pending], args.jobs)
+        unfinished = [cell.name for cell, _ in pending if outcomes[str(cell.run_dir)] != "done"]
     done = [cell for cell, expected in cells if state(cell, expected, args.logic_n) == "done"]
     if done:
         path = build_report([c.run_dir for c in done], out, title=f"Grid {out.name}: {len(done)} of {len(cells)} cells")

@@ -23,6 +23,7 @@ LAYERS = {
     "trainer": 4,
     "train": 4,
     "eval.grid": 5,  # tools that drive the trainer
+    "eval.study": 5,
     "small_tasks.verify": 5,
     "small_tasks.width_sweep": 5,
     "symbreak": 5,
