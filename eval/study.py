@@ -104,7 +104,9 @@ def load_study(path: Path) -> Study:
     head = raw.get("study", {})
     config = (path.parent / str(head.get("config", ""))).resolve()
     if not head.get("config") or not config.is_file():
-        raise UserError(f"[study] config in '{path}' must name a trainer config beside it; found '{head.get('config')}'")
+        raise UserError(
+            f"[study] config in '{path}' must name a trainer config beside it; found '{head.get('config')}'"
+        )
     seeds = _ints(head.get("seeds"), "[study] seeds")
     sweep = _ints(head.get("sweep_seeds"), "[study] sweep_seeds")
     if set(seeds) & set(sweep):
@@ -113,11 +115,17 @@ def load_study(path: Path) -> Study:
     for i, a in enumerate(raw.get("arm", [])):
         name = a.get("name", f"arm {i}")
         if a.get("optimizer") not in optim.OPTIMIZERS:
-            raise UserError(f"arm '{name}': optimizer '{a.get('optimizer')}' unknown; use one of {', '.join(optim.OPTIMIZERS)}")
+            raise UserError(
+                f"arm '{name}': optimizer '{a.get('optimizer')}' unknown; use one of {', '.join(optim.OPTIMIZERS)}"
+            )
         if a.get("mode") not in MODES:
             raise UserError(f"arm '{name}': mode '{a.get('mode')}' unknown; use one of {', '.join(MODES)}")
         lrs = a.get("lrs")
-        if not isinstance(lrs, list) or not lrs or not all(isinstance(x, (int, float)) and 0 < x < math.inf for x in lrs):
+        if (
+            not isinstance(lrs, list)
+            or not lrs
+            or not all(isinstance(x, (int, float)) and 0 < x < math.inf for x in lrs)
+        ):
             raise UserError(f"arm '{name}': lrs must be a non-empty list of positive numbers")
         arms.append(Arm(name, a["optimizer"], a["mode"], tuple(float(x) for x in lrs), tuple(a.get("overrides", []))))
     if not arms:
@@ -167,8 +175,12 @@ class Cells:
 
     def run(self, rows: list[tuple[Runner, GridCell, dict]], jobs: int, what: str) -> list[str]:
         """Train what has not finished (or diverged); returns the cells still unfinished."""
-        pending = [(r, c, s) for r, c, e in rows if (s := state(c, e, 0)) != "done" and str(c.run_dir) not in self.diverged]
-        print(f"{what}: {len(rows)} cells, {len(rows) - len(pending)} done or diverged, {len(pending)} to run", flush=True)
+        pending = [
+            (r, c, s) for r, c, e in rows if (s := state(c, e, 0)) != "done" and str(c.run_dir) not in self.diverged
+        ]
+        print(
+            f"{what}: {len(rows)} cells, {len(rows) - len(pending)} done or diverged, {len(pending)} to run", flush=True
+        )
         outcomes = run_grid(pending, jobs) if pending else {}
         for key, outcome in outcomes.items():
             if outcome == "diverged":
@@ -187,7 +199,11 @@ def _read_json(path: Path) -> Any:
 
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, validation loss) of every evaluation a run logged, in step order."""
-    rows = {int(r["step"]): float(r["val_loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r.get("val_loss") is not None}
+    rows = {
+        int(r["step"]): float(r["val_loss"])
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r.get("val_loss") is not None
+    }
     return sorted(rows.items())
 
 
@@ -246,13 +262,20 @@ def select(study: Study, out: Path, cells: Cells) -> dict[str, Any] | None:
                     return None
                 scores.append(score)
                 last.append(curve[-1][1])
-            table[f"{lr:g}"] = {"second_half": float(np.mean(scores)), "final": float(np.mean(last)) if last else math.inf}
+            table[f"{lr:g}"] = {
+                "second_half": float(np.mean(scores)),
+                "final": float(np.mean(last)) if last else math.inf,
+            }
         best = min(arm.lrs, key=lambda lr: table[f"{lr:g}"]["second_half"])
         edge = len(arm.lrs) > 1 and best in (min(arm.lrs), max(arm.lrs))
         rates[arm.name] = {"lr": best, "at_edge_of_sweep": edge, "sweep": table}
         finals.append(table[f"{best:g}"]["final"])
     target = float(np.median(finals))
-    selection = {"rates": rates, "target_loss": target, "rule": "median over arms of the chosen sweep runs' final val loss"}
+    selection = {
+        "rates": rates,
+        "target_loss": target,
+        "rule": "median over arms of the chosen sweep runs' final val loss",
+    }
     (out / SELECTION).write_text(json.dumps(selection, indent=2) + "\n")
     return selection
 
@@ -268,14 +291,23 @@ def arm_results(study: Study, out: Path, selection: dict[str, Any], cells: Cells
         mine = {}
         for cell, _ in _grids(study, arm, lr, study.seeds, out):
             if str(cell.run_dir) in cells.diverged:
-                mine[cell.seed] = {"curve": val_curve(cell.run_dir), "second_half": math.inf, "final": math.inf, "steps_to": None}
+                mine[cell.seed] = {
+                    "curve": val_curve(cell.run_dir),
+                    "second_half": math.inf,
+                    "final": math.inf,
+                    "steps_to": None,
+                }
                 continue
             curve = val_curve(cell.run_dir)
             score = second_half_loss(curve, study.max_steps)
             if score is None:
                 continue
-            mine[cell.seed] = {"curve": curve, "second_half": score, "final": curve[-1][1],
-                               "steps_to": steps_to(curve, selection["target_loss"])}
+            mine[cell.seed] = {
+                "curve": curve,
+                "second_half": score,
+                "final": curve[-1][1],
+                "steps_to": steps_to(curve, selection["target_loss"]),
+            }
         results[arm.name] = mine
     return results
 
@@ -290,11 +322,15 @@ def compare(c: Comparison, results: dict[str, dict[int, dict]]) -> dict[str, Any
     half, mde = detection_limits(finite)
     est = Estimate.of(finite)
     return {
-        "a": c.a, "b": c.b, "why": c.why, "seeds": seeds,
+        "a": c.a,
+        "b": c.b,
+        "why": c.why,
+        "seeds": seeds,
         "delta_second_half": est.to_json() if est else None,
         "per_seed": dict(zip(seeds, diffs)),
         "clear_of_zero": bool(est and est.excludes_zero()),
-        "detectable_95": half, "detectable_80_power": mde,
+        "detectable_95": half,
+        "detectable_80_power": mde,
         "delta_steps_to_target": (Estimate.of(step_diffs).to_json() if step_diffs else None),
         "steps_pairs": len(both),
     }
@@ -309,35 +345,59 @@ def _est(d: dict | None, spec: str) -> str:
 
 def markdown(study: Study, selection: dict[str, Any], results: dict[str, dict[int, dict]], comps: list[dict]) -> str:
     target = selection["target_loss"]
-    lines = [f"# Study {study.path.stem}", "", study.notes.strip(), "",
-             f"Evaluation seeds {study.seeds}, sweep seeds {study.sweep_seeds}, {study.max_steps} steps; target loss "
-             f"{target:.4f} ({selection['rule']}).", "",
-             "## Learning rates (sweep: mean second-half validation loss over the sweep seeds)", "",
-             "| arm | lr → second-half loss | chosen | at the sweep's edge |", "|---|---|---|---|"]
+    lines = [
+        f"# Study {study.path.stem}",
+        "",
+        study.notes.strip(),
+        "",
+        f"Evaluation seeds {study.seeds}, sweep seeds {study.sweep_seeds}, {study.max_steps} steps; target loss "
+        f"{target:.4f} ({selection['rule']}).",
+        "",
+        "## Learning rates (sweep: mean second-half validation loss over the sweep seeds)",
+        "",
+        "| arm | lr → second-half loss | chosen | at the sweep's edge |",
+        "|---|---|---|---|",
+    ]
     for arm in study.arms:
         r = selection["rates"][arm.name]
-        sweep = ", ".join(f"{lr}: {v['second_half']:.4f}" if math.isfinite(v["second_half"]) else f"{lr}: diverged"
-                          for lr, v in r["sweep"].items())
+        sweep = ", ".join(
+            f"{lr}: {v['second_half']:.4f}" if math.isfinite(v["second_half"]) else f"{lr}: diverged"
+            for lr, v in r["sweep"].items()
+        )
         lines.append(f"| {arm.name} | {sweep} | {r['lr']:g} | {'yes' if r['at_edge_of_sweep'] else 'no'} |")
-    lines += ["", "## Arms (mean over evaluation seeds, 95% t interval)", "",
-              "| arm | lr | seeds | second-half loss | final loss | steps to target (reached) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Arms (mean over evaluation seeds, 95% t interval)",
+        "",
+        "| arm | lr | seeds | second-half loss | final loss | steps to target (reached) |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm in study.arms:
         runs = results[arm.name]
         sh = Estimate.of([r["second_half"] for r in runs.values()])
         fin = Estimate.of([r["final"] for r in runs.values()])
         st = [r["steps_to"] for r in runs.values() if r["steps_to"] is not None]
         steps = f"{Estimate.of(st).format('.0f')} ({len(st)}/{len(runs)})" if st else f"- (0/{len(runs)})"
-        lines.append(f"| {arm.name} | {selection['rates'][arm.name]['lr']:g} | {len(runs)} | "
-                     f"{sh.format('.4f') if sh else '-'} | {fin.format('.4f') if fin else '-'} | {steps} |")
-    lines += ["", "## Comparisons (A − B paired by seed; negative: A lower)", "",
-              "| A | B | pairs | Δ second-half loss | clear of 0 | signs | detectable (95% / 80% power) | Δ steps to target |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {arm.name} | {selection['rates'][arm.name]['lr']:g} | {len(runs)} | "
+            f"{sh.format('.4f') if sh else '-'} | {fin.format('.4f') if fin else '-'} | {steps} |"
+        )
+    lines += [
+        "",
+        "## Comparisons (A − B paired by seed; negative: A lower)",
+        "",
+        "| A | B | pairs | Δ second-half loss | clear of 0 | signs | detectable (95% / 80% power) "
+        "| Δ steps to target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in comps:
         signs = "".join("−" if d < 0 else "+" for d in c["per_seed"].values())
         det = f"{c['detectable_95']:.4f} / {c['detectable_80_power']:.4f}" if math.isfinite(c["detectable_95"]) else "-"
         steps = f"{_est(c['delta_steps_to_target'], '+.0f')} ({c['steps_pairs']} pairs)"
-        lines.append(f"| {c['a']} | {c['b']} | {len(c['seeds'])} | {_est(c['delta_second_half'], '+.4f')} | "
-                     f"{'yes' if c['clear_of_zero'] else 'no'} | {signs} | {det} | {steps} |")
+        lines.append(
+            f"| {c['a']} | {c['b']} | {len(c['seeds'])} | {_est(c['delta_second_half'], '+.4f')} | "
+            f"{'yes' if c['clear_of_zero'] else 'no'} | {signs} | {det} | {steps} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -378,10 +438,21 @@ def plot(study: Study, results: dict[str, dict[int, dict]], comps: list[dict], t
         for i, c in enumerate(shown):
             d = c["delta_second_half"]
             if d:
-                ax.errorbar([d["mean"]], [i], xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]] if d["n"] > 1 else None,
-                            fmt="o", color="C0", capsize=3)
-            ax.plot([v for v in c["per_seed"].values() if math.isfinite(v)], [i] * sum(map(math.isfinite, c["per_seed"].values())),
-                    "x", color="C1", ms=4)
+                ax.errorbar(
+                    [d["mean"]],
+                    [i],
+                    xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]] if d["n"] > 1 else None,
+                    fmt="o",
+                    color="C0",
+                    capsize=3,
+                )
+            ax.plot(
+                [v for v in c["per_seed"].values() if math.isfinite(v)],
+                [i] * sum(map(math.isfinite, c["per_seed"].values())),
+                "x",
+                color="C1",
+                ms=4,
+            )
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(shown)), [f"{c['a']} − {c['b']}" for c in shown], fontsize=7)
         ax.invert_yaxis()
@@ -401,10 +472,18 @@ def write_report(study: Study, out: Path, selection: dict[str, Any], cells: Cell
     check_folder_target(target, "--out")
     with staged_folder(target, "--out") as stage:
         pngs = plot(study, results, comps, selection["target_loss"], stage)
-        data = {"selection": selection, "comparisons": comps,
-                "arms": {k: {str(s): {x: y for x, y in r.items() if x != "curve"} for s, r in v.items()} for k, v in results.items()}}
+        data = {
+            "selection": selection,
+            "comparisons": comps,
+            "arms": {
+                k: {str(s): {x: y for x, y in r.items() if x != "curve"} for s, r in v.items()}
+                for k, v in results.items()
+            },
+        }
         (stage / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-        md = markdown(study, selection, results, comps) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+        md = (
+            markdown(study, selection, results, comps) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+        )
         (stage / "report.md").write_text(md)
     return target / "report.md"
 
@@ -414,11 +493,18 @@ def write_report(study: Study, out: Path, selection: dict[str, Any], cells: Cell
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(description="A paired study: each arm's rate swept, then all arms on the same seeds, then the report.",
-                       allow_abbrev=False)
+    p = ArgumentParser(
+        description="A paired study: each arm's rate swept, then all arms on the same seeds, then the report.",
+        allow_abbrev=False,
+    )
     p.add_argument("study", type=Path, help="the study file (.toml): [study], [[arm]], [[compare]]")
     p.add_argument("--out", required=True, type=Path, help="the study's folder: cells/, selection.json, report/")
-    p.add_argument("--jobs", type=int, default=1, help="cells at a time (give each --run.threads=1 in the study's overrides on a CPU)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells at a time (give each --run.threads=1 in the study's overrides on a CPU)",
+    )
     p.add_argument("--report_only", action="store_true", help="only write the report of what has finished")
     args = p.parse_args(argv)
     if args.jobs < 1:
@@ -439,7 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.report_only:
         chosen = [(arm, selection["rates"][arm.name]["lr"]) for arm in study.arms]
-        print("rates: " + ", ".join(f"{a.name} {lr:g}" for a, lr in chosen) + f"; target loss {selection['target_loss']:.4f}")
+        print(
+            "rates: "
+            + ", ".join(f"{a.name} {lr:g}" for a, lr in chosen)
+            + f"; target loss {selection['target_loss']:.4f}"
+        )
         unfinished = cells.run(cells.phase(chosen, study.seeds), args.jobs, "evaluation")
     path = write_report(study, out, selection, cells)
     print(f"wrote {path}")
