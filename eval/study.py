@@ -16,6 +16,10 @@ Its metrics are fixed too, by this module:
   runs' final validation loss, decided after the sweep and before the evaluation runs, and stored in
   selection.json with the rates (a rerun reuses it, so the evaluation never moves its own target).
 
+With ``extend_edges = N`` in [study], a sweep whose best rate is the lowest (highest) of an arm's rates
+gets one more rate beyond that edge, a step as wide (in ratio) as the step to its neighbour, up to N
+per side (OUT/extensions.json); the rates are chosen once no edge asks for another.
+
 A comparison pairs two arms by evaluation seed (the same seed gives both the same initialisation, data
 order and bias draws' stream) and reports the mean of the per-seed differences A − B with its 95% t
 interval, the sign in each seed, and the study's detection limit for it: the interval's half-width (the
@@ -48,6 +52,7 @@ from eval.report import Estimate, read_metrics, t_quantile
 
 SELECTION = "selection.json"
 DIVERGED = "diverged.json"
+EXTENSIONS = "extensions.json"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Study:
     notes: str = ""
     max_steps: int = 0
     arm_by_name: dict[str, Arm] = field(default_factory=dict)
+    extend_edges: int = 0  # rates added beyond an edge of the sweep where the best rate lies, per side
 
 
 def _ints(value: Any, what: str) -> list[int]:
@@ -140,7 +146,10 @@ def load_study(path: Path) -> Study:
                 raise UserError(f"[[compare]] names arm '{c.get(key)}', which no [[arm]] defines")
         comparisons.append(Comparison(c["a"], c["b"], c.get("why", "")))
     overrides = list(head.get("overrides", []))
-    study = Study(path, config, overrides, seeds, sweep, arms, comparisons, head.get("notes", ""), 0, by_name)
+    extend = head.get("extend_edges", 0)
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise UserError(f"[study] extend_edges must be an integer >= 0, got {extend!r}")
+    study = Study(path, config, overrides, seeds, sweep, arms, comparisons, head.get("notes", ""), 0, by_name, extend)
     for arm in arms:
         check_overrides([*overrides, *arm.overrides], [arm.optimizer])
     study.max_steps = _grids(study, arms[0], arms[0].lrs[0], seeds[:1], Path("/nonexistent"))[0][1]["train.max_steps"]
@@ -240,36 +249,81 @@ def detection_limits(diffs: list[float]) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------- selection
 
 
+def rates_of(arm: Arm, out: Path) -> list[float]:
+    """The arm's rates: its own and those the sweep added beyond an edge (OUT/extensions.json)."""
+    added = (_read_json(out / EXTENSIONS) or {}).get(arm.name, [])
+    return sorted({*arm.lrs, *added})
+
+
+def sweep_table(study: Study, arm: Arm, out: Path, cells: Cells) -> dict[float, dict[str, float]] | None:
+    """Per rate: the mean second-half loss and final loss over the sweep seeds (+inf where a run
+    diverged); None while a sweep cell of the arm has not finished."""
+    table = {}
+    for lr in rates_of(arm, out):
+        scores, last = [], []
+        for cell, _ in _grids(study, arm, lr, study.sweep_seeds, out):
+            if str(cell.run_dir) in cells.diverged:
+                scores.append(math.inf)
+                continue
+            curve = val_curve(cell.run_dir)
+            score = second_half_loss(curve, study.max_steps)
+            if score is None:
+                return None
+            scores.append(score)
+            last.append(curve[-1][1])
+        table[lr] = {"second_half": float(np.mean(scores)), "final": float(np.mean(last)) if last else math.inf}
+    return table
+
+
+def next_rate(arm: Arm, table: dict[float, dict[str, float]], extend_edges: int) -> float | None:
+    """Where the best rate is the lowest (highest) of several and fewer than ``extend_edges`` rates were
+    added on that side: one more rate beyond it, a step as wide (in ratio) as the step to its neighbour."""
+    lrs = sorted(table)
+    if len(lrs) < 2 or not extend_edges:
+        return None
+    best = min(lrs, key=lambda lr: table[lr]["second_half"])
+    if not math.isfinite(table[best]["second_half"]):
+        return None
+    if best == lrs[0] and sum(lr < min(arm.lrs) for lr in lrs) < extend_edges:
+        return lrs[0] ** 2 / lrs[1]
+    if best == lrs[-1] and sum(lr > max(arm.lrs) for lr in lrs) < extend_edges:
+        return lrs[-1] ** 2 / lrs[-2]
+    return None
+
+
+def extend_sweep(study: Study, out: Path, cells: Cells) -> int:
+    """Add the next rate to every arm whose best lies on an edge of its finished sweep; returns how many."""
+    added = _read_json(out / EXTENSIONS) or {}
+    count = 0
+    for arm in study.arms:
+        table = sweep_table(study, arm, out, cells)
+        lr = None if table is None else next_rate(arm, table, study.extend_edges)
+        if lr is not None:
+            added.setdefault(arm.name, []).append(float(f"{lr:.6g}"))
+            count += 1
+    if count:
+        (out / EXTENSIONS).write_text(json.dumps(added, indent=2) + "\n")
+    return count
+
+
 def select(study: Study, out: Path, cells: Cells) -> dict[str, Any] | None:
     """Each arm's rate (the lowest mean second-half loss over the sweep seeds) and the target loss;
-    None until every sweep cell has finished or diverged. Written once to selection.json and reused."""
+    None until every sweep cell has finished or diverged and no edge asks for another rate. Written
+    once to selection.json and reused."""
     stored = _read_json(out / SELECTION)
     if stored is not None:
         return stored
     rates: dict[str, Any] = {}
     finals = []
     for arm in study.arms:
-        table = {}
-        for lr in arm.lrs:
-            scores, last = [], []
-            for cell, _ in _grids(study, arm, lr, study.sweep_seeds, out):
-                if str(cell.run_dir) in cells.diverged:
-                    scores.append(math.inf)
-                    continue
-                curve = val_curve(cell.run_dir)
-                score = second_half_loss(curve, study.max_steps)
-                if score is None:
-                    return None
-                scores.append(score)
-                last.append(curve[-1][1])
-            table[f"{lr:g}"] = {
-                "second_half": float(np.mean(scores)),
-                "final": float(np.mean(last)) if last else math.inf,
-            }
-        best = min(arm.lrs, key=lambda lr: table[f"{lr:g}"]["second_half"])
-        edge = len(arm.lrs) > 1 and best in (min(arm.lrs), max(arm.lrs))
-        rates[arm.name] = {"lr": best, "at_edge_of_sweep": edge, "sweep": table}
-        finals.append(table[f"{best:g}"]["final"])
+        table = sweep_table(study, arm, out, cells)
+        if table is None or next_rate(arm, table, study.extend_edges) is not None:
+            return None
+        best = min(table, key=lambda lr: table[lr]["second_half"])
+        edge = len(table) > 1 and best in (min(table), max(table))
+        sweep = {f"{lr:g}": v for lr, v in table.items()}
+        rates[arm.name] = {"lr": best, "at_edge_of_sweep": edge, "sweep": sweep}
+        finals.append(table[best]["final"])
     target = float(np.median(finals))
     selection = {
         "rates": rates,
@@ -517,8 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     cells = Cells(study, out)
     unfinished: list[str] = []
     if not args.report_only:
-        sweep = [(arm, lr) for arm in study.arms for lr in arm.lrs]
-        unfinished = cells.run(cells.phase(sweep, study.sweep_seeds), args.jobs, "sweep")
+        while True:  # each round adds a rate beyond every edge where an arm's best rate lies
+            sweep = [(arm, lr) for arm in study.arms for lr in rates_of(arm, out)]
+            unfinished = cells.run(cells.phase(sweep, study.sweep_seeds), args.jobs, "sweep")
+            if unfinished or (_read_json(out / SELECTION) is not None) or not extend_sweep(study, out, cells):
+                break
     selection = select(study, out, cells)
     if selection is None:
         print("the sweep has not finished: no rates chosen yet; rerun the command to continue")

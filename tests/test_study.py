@@ -18,6 +18,7 @@ def write_study(path, data_dir, arms: str, compare: str = "", seeds="[0, 1]", sw
                  "--eval.interval=1", "--eval.tokens=1024", "--train.checkpoint_interval=0", "--run.threads=1"]
     path.write_text(
         f'[study]\nconfig = "{CONFIGS / "grid" / "cpu.toml"}"\nseeds = {seeds}\nsweep_seeds = {sweep}\n'
+        "extend_edges = 1\n"
         f"overrides = {json.dumps(overrides)}\n\n{arms}\n{compare}\n"
     )
 
@@ -48,6 +49,10 @@ def curve(run_dir) -> dict[int, float]:
     return {r["step"]: r["val_loss"] for r in rows if r.get("val_loss") is not None}
 
 
+def first_sym(out) -> float:
+    return second_half(cell(out, "sgdm/symmetric", "0.01", "symmetric", 7))
+
+
 def second_half(run_dir, steps: int = 4) -> float:
     c = curve(run_dir)
     return float(np.mean([v for s, v in c.items() if s >= steps / 2]))
@@ -74,12 +79,20 @@ def test_rates_are_chosen_on_the_sweep_seed_and_a_diverged_rate_is_never_chosen(
     assert list(diverged) == [str(cell(out, "sgdm/symmetric", "1e+09", "symmetric", 7))]
     assert selection["rates"]["sgdm/symmetric"]["lr"] == 0.01
     assert selection["rates"]["sgdm/symmetric"]["sweep"]["1e+09"]["second_half"] == math.inf
-    bqbv = {lr: second_half(cell(out, "sgdm/bqbv", lr, "bqbv", 7)) for lr in ("0.01", "0.03")}
-    assert selection["rates"]["sgdm/bqbv"]["lr"] == float(min(bqbv, key=bqbv.get))
-    assert selection["rates"]["sgdm/bqbv"]["at_edge_of_sweep"]  # two rates: the best is always an edge
+    # two rates: the best is always an edge, so the sweep added one rate beyond it (extend_edges = 1)
+    extensions = json.loads((out / "extensions.json").read_text())
+    assert extensions["sgdm/symmetric"] == [pytest.approx(0.01**2 / 1e9)]
+    first = {lr: second_half(cell(out, "sgdm/bqbv", f"{lr:g}", "bqbv", 7)) for lr in (0.01, 0.03)}
+    best, other = min(first, key=first.get), max(first, key=first.get)
+    assert extensions["sgdm/bqbv"] == [pytest.approx(best**2 / other)]
+    added = extensions["sgdm/bqbv"][0]
+    every = {**first, added: second_half(cell(out, "sgdm/bqbv", f"{added:g}", "bqbv", 7))}
+    assert selection["rates"]["sgdm/bqbv"]["lr"] == min(every, key=every.get)
+    assert len(selection["rates"]["sgdm/bqbv"]["sweep"]) == 3
     # the target: the median over arms of the chosen sweep runs' final loss
     finals = [curve(cell(out, "sgdm/symmetric", "0.01", "symmetric", 7))[4]]
     finals.append(curve(cell(out, "sgdm/bqbv", f"{selection['rates']['sgdm/bqbv']['lr']:g}", "bqbv", 7))[4])
+    assert selection["rates"]["sgdm/symmetric"]["sweep"]["1e-13"]["second_half"] > first_sym(out)
     assert selection["target_loss"] == pytest.approx(float(np.median(finals)), rel=1e-12)
 
 
@@ -104,7 +117,7 @@ def test_a_rerun_trains_nothing_and_keeps_its_selection(small_study, capsys):
     before = (out / "selection.json").read_text()
     assert study.main([str(spec), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "sweep: 4 cells, 4 done or diverged, 0 to run" in printed
+    assert "sweep: 6 cells, 6 done or diverged, 0 to run" in printed
     assert "evaluation: 4 cells, 4 done or diverged, 0 to run" in printed
     assert (out / "selection.json").read_text() == before
 
