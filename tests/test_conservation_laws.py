@@ -1,4 +1,4 @@
-"""Conservation laws of SGD (small_tasks/noether.py) against plain torch.optim.SGD loops, in float64."""
+"""Conservation laws of SGD (small_tasks/toolkit/noether.py) against plain torch.optim.SGD loops, in float64."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from configs import UserError, load_config
-from small_tasks import noether
-from small_tasks.conservation_laws import SymmetricNet, law_checks, linear_charges, quadratic_charges
-from small_tasks.records import SGDSettings
+from small_tasks.sgd.conservation_laws import SymmetricNet, law_checks, linear_charges, quadratic_charges
+from small_tasks.toolkit import noether
+from small_tasks.toolkit.records import SGDSettings
 from trainer import Trainer
 
 EXACT = 1e-10  # float64 round-off accumulated over a few hundred steps
@@ -243,7 +243,7 @@ def test_resumed_run_keeps_the_whole_record(tmp_path):
     assert resumed["observed"] == whole["observed"]
 
 
-# ---- the same laws on the GPT (small_tasks/gpt_symmetries.py) ----
+# ---- the same laws on the GPT (small_tasks/sgd/gpt_symmetries.py) ----
 
 GPT_FAST = [
     "--model.n_layer=2",

@@ -9,7 +9,7 @@ import pytest
 from test_lazy_rich import failed, rk4
 
 from configs import UserError
-from small_tasks import linear_theory as lt
+from small_tasks.linear import theory as lt
 
 from helpers import run_config
 

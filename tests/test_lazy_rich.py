@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import UserError
-from small_tasks import linear_theory as lt
+from small_tasks.linear import theory as lt
 
 from helpers import run_config
 

@@ -1,4 +1,4 @@
-"""Limiting dynamics theory (small_tasks/sgd_diffusion.py) against its own moment recursion and a numpy
+"""Limiting dynamics theory (small_tasks/sgd/sgd_diffusion.py) against its own moment recursion and a numpy
 simulation of torch SGD's update on online Gaussian regression."""
 
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import UserError, load_config
-from small_tasks import sgd_diffusion as sd
-from small_tasks.limiting_dynamics import exponent_check, fit_window
+from small_tasks.sgd import sgd_diffusion as sd
+from small_tasks.sgd.limiting_dynamics import exponent_check, fit_window
 from trainer import Trainer
 
 from helpers import StopAt
@@ -112,7 +112,7 @@ def test_spread_spectrum_diffuses_anomalously_and_a_flat_one_does_not():
 def test_mean_is_the_damped_oscillator():
     h, lr, momentum = np.array([0.5]), 0.05, 0.9
     mean = sd.mean_trajectory(h, np.array([1.0]), lr, 0.0, momentum, 400)[:, 0, 0]
-    from small_tasks import noether
+    from small_tasks.toolkit import noether
 
     np.testing.assert_allclose(mean, noether.second_order(1.0, np.full(400, lr), 0.5, momentum), rtol=0, atol=1e-14)
     assert noether.frequency(lr, 0.5, momentum) > noether.damping(lr, momentum)

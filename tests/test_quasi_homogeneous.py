@@ -9,8 +9,8 @@ from test_lazy_rich import failed
 
 from configs import UserError
 from runtime import Context
-from small_tasks.margins import l2_margin, max_margin
-from small_tasks.quasi_homogeneous import NETWORKS, QuasiHomogeneousTask
+from small_tasks.linear.margins import l2_margin, max_margin
+from small_tasks.linear.quasi_homogeneous import NETWORKS, QuasiHomogeneousTask
 
 from helpers import run_config, train_config
 

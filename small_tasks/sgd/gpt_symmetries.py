@@ -1,4 +1,4 @@
-"""The conservation laws of small_tasks/noether.py on the real model: a short LM run of the quickstart GPT
+"""The conservation laws of small_tasks/toolkit/noether.py on the real model: a short LM run of the quickstart GPT
 trained by heavy-ball SGD, its charges recorded every step and compared with the laws.
 
     python train.py configs/small_tasks/gpt_symmetries.toml                          # symmetric attention
@@ -40,9 +40,9 @@ import torch.nn as nn
 import optim
 from configs import Config, UserError, build_section
 from runtime import Context
-from small_tasks import law_plots, noether
-from small_tasks.records import StepRecord, law_check, sgd_settings
-from tasks import check
+from small_tasks.toolkit import law_plots, noether
+from small_tasks.toolkit.base import check
+from small_tasks.toolkit.records import StepRecord, law_check, sgd_settings
 from tasks.lm import LMTask
 
 EXACT_TOL = 1e-9  # float64: the structural laws hold to round-off accumulated over the run

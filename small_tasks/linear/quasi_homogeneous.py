@@ -32,10 +32,10 @@ import torch.nn as nn
 
 from configs import Config, UserError
 from runtime import Context
-from small_tasks.margins import l2_margin, max_margin
-from small_tasks.theory_plots import Panel, plot_boundaries, plot_panels
-from small_tasks.trajectory import Recorder, log_steps
-from tasks import SmallTask, check
+from small_tasks.linear.margins import l2_margin, max_margin
+from small_tasks.toolkit.base import SmallTask, check
+from small_tasks.toolkit.theory_plots import Panel, plot_boundaries, plot_panels
+from small_tasks.toolkit.trajectory import Recorder, log_steps
 
 RATIO_SLOPE = -1.0  # d log(ratio) / d log(step) over the last decade at most this (theory: about -2)
 ANGLE_SLOPE = -0.5  # d log(angle to the max-margin direction) / d log(step) over the last decade (theory: -1)

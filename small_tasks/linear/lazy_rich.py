@@ -27,10 +27,10 @@ import torch.nn as nn
 
 from configs import Config, UserError
 from runtime import Context
-from small_tasks import linear_theory as lt
-from small_tasks.theory_plots import Panel, SweepPanel, plot_panels, plot_sweeps
-from small_tasks.trajectory import Recorder, flow_times, record_steps
-from tasks import EnsembleTask, check
+from small_tasks.linear import theory as lt
+from small_tasks.toolkit.base import EnsembleTask, check
+from small_tasks.toolkit.theory_plots import Panel, SweepPanel, plot_panels, plot_sweeps
+from small_tasks.toolkit.trajectory import Recorder, flow_times, record_steps
 
 PRODUCT_TOL = 0.01  # ||W2 W1 - closed form||_F / ||Sigma_yx||_F at every recorded step
 BALANCE_TOL = 0.01  # ||W2^T W2 - W1 W1^T - lambda I||_F / ||Sigma_yx||_F at every recorded step

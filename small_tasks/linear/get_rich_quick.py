@@ -31,10 +31,10 @@ import torch.nn as nn
 import optim
 from configs import Config, UserError
 from runtime import Context
-from small_tasks import linear_theory as lt
-from small_tasks.theory_plots import Panel, SweepPanel, plot_families, plot_panels, plot_sweeps
-from small_tasks.trajectory import Recorder, flow_times, record_steps
-from tasks import EnsembleTask, check
+from small_tasks.linear import theory as lt
+from small_tasks.toolkit.base import EnsembleTask, check
+from small_tasks.toolkit.theory_plots import Panel, SweepPanel, plot_families, plot_panels, plot_sweeps
+from small_tasks.toolkit.trajectory import Recorder, flow_times, record_steps
 
 DELTA_TOL = 0.01  # |delta(t) - delta(0)| / D, D = sqrt(delta^2 + 4 eta_a eta_w s^2)
 NU_TOL = 0.01  # chordal distance between (delta + 2 eta_a nu)/D simulated and closed form

@@ -1,5 +1,5 @@
 """The limiting dynamics of SGD on linear regression: an ensemble of independent runs trained from 0 to
-convergence and far beyond, against the exact moments of small_tasks/sgd_diffusion.py.
+convergence and far beyond, against the exact moments of small_tasks/sgd/sgd_diffusion.py.
 
     python train.py configs/small_tasks/limiting_dynamics.toml
     python train.py configs/small_tasks/limiting_dynamics.toml --task.spectrum=flat
@@ -28,10 +28,11 @@ import torch.nn as nn
 import optim
 from configs import Config, at_least, non_negative, one_of, positive, require
 from runtime import Context
-from small_tasks import noether, sgd_diffusion
-from small_tasks.law_plots import plt
-from small_tasks.records import StepRecord, sgd_settings
-from tasks import SmallTask, check
+from small_tasks.sgd import sgd_diffusion
+from small_tasks.toolkit import noether
+from small_tasks.toolkit.base import SmallTask, check
+from small_tasks.toolkit.law_plots import plt
+from small_tasks.toolkit.records import StepRecord, sgd_settings
 
 COVARIANCE_TOL = 0.1  # max |C_measured - C| / sqrt(C_jj C_kk): needs about 1000 replicas over the window
 MEAN_LEVEL = 0.01  # the ensemble mean against the exact oscillator: z-scores, family-wise false-alarm level

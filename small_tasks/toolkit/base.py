@@ -23,7 +23,7 @@ class SmallTask(Task):
 
     ``config_class`` is the dataclass of its ``[task]`` section (parsed into ``self.tc``, so an unknown
     key or a wrong type is a one-line error); ``data_seed_key`` names the key of it that seeds the data
-    instance (template, teacher, dataset), which ``small_tasks.verify`` varies. The per-step loss is kept
+    instance (template, teacher, dataset), which ``eval.verify`` varies. The per-step loss is kept
     on the device (``record``), so no step waits for the host; the analysis reads it at the end.
     ``recorded`` names the attributes that hold such per-step records (tensors indexed by step, or
     objects with ``state_dict``/``load_state_dict``, such as a ``Recorder``): they go into checkpoints,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import check
+from small_tasks.toolkit.base import check
 
 __all__ = ["check", "drop_steps", "find_plateaus", "learn_steps", "loss_trace", "match_levels", "match_plateaus"]
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import optim
 from configs import Config
-from tasks import check
+from small_tasks.toolkit.base import check
 
 
 class StepRecord(nn.Module):

@@ -1,6 +1,6 @@
 """Stochastic collapse as Tasks: ensembles of independent SGD trajectories, one model holding all the
 replicas of every setting of a sweep (their losses summed, so each replica gets its own gradient),
-against the Lyapunov exponents of small_tasks/collapse.py.
+against the Lyapunov exponents of small_tasks/sgd/collapse.py.
 
     python train.py configs/small_tasks/stochastic_collapse.toml          # quartic well, sweep of zeta
     python train.py configs/small_tasks/stochastic_collapse_neuron.toml   # single neuron, zeta and lr
@@ -23,10 +23,10 @@ import torch.nn as nn
 import optim
 from configs import Config, at_least, non_negative, positive, require
 from runtime import Context
-from small_tasks import collapse
-from small_tasks.law_plots import plt
-from small_tasks.records import sgd_settings
-from tasks import SmallTask, check
+from small_tasks.sgd import collapse
+from small_tasks.toolkit.base import SmallTask, check
+from small_tasks.toolkit.law_plots import plt
+from small_tasks.toolkit.records import sgd_settings
 
 KS_LEVEL = 0.01  # the stationary histogram fits the density when the KS distance is below its 1% critical value
 CLEAR_SE = 3.0  # a sweep point is on a side of 1/2 only when it is this many binomial standard errors away

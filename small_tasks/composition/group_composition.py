@@ -7,7 +7,7 @@ output coordinates, so the loss splits exactly into one term per irrep: (1/|G|) 
     python train.py configs/small_tasks/group_composition.toml
     python train.py configs/small_tasks/group_composition.toml --task.group=D5 --task.powers=[0,2.5,10,5]
 
-The theory (``small_tasks.agf``) predicts, for the two-layer power network trained by per-neuron SGD or
+The theory (``small_tasks.composition.agf``) predicts, for the two-layer power network trained by per-neuron SGD or
 plain gradient descent from small initialization, the order in which the classes of irreps are learned
 (descending maximal utility U*_c), the plateau levels that order implies, and the step at which the
 first class drops. The checks compare the run with those numbers, in both directions.
@@ -26,9 +26,10 @@ import torch.nn as nn
 import optim
 from configs import Config, UserError
 from runtime import Context
-from small_tasks import agf, agf_power, groups, plots, staircase
-from small_tasks.models import MODELS, PowerMLP, build_model, neuron_param_groups
-from tasks import SmallTask, check
+from small_tasks.composition import agf, agf_power, groups
+from small_tasks.composition.models import MODELS, PowerMLP, build_model, neuron_param_groups
+from small_tasks.toolkit import plots, staircase
+from small_tasks.toolkit.base import SmallTask, check
 
 LEVEL_TOL = 0.02  # plateaus match predicted levels within 2%
 DROP_TOL = 0.25  # a class starts to drop within 25% of its predicted step (escape, or AGF's onset)

@@ -8,7 +8,7 @@ Network: x -> W_in -> layer norm (no gain, eps 0) -> W_hidden -> ReLU -> W_out, 
   logits alike, so S = the sum over classes of W_out's rows (of b_out) is a linear charge;
 - scale: the layer norm makes the loss invariant to W_in -> a W_in, so |W_in|^2 is a quadratic charge;
 - rescale: ReLU is positively homogeneous, so neuron i's |W_out[:, i]|^2 - |W_hidden[i]|^2 is one.
-The laws (small_tasks/noether.py) hold for any data order, so training draws random mini-batches
+The laws (small_tasks/toolkit/noether.py) hold for any data order, so training draws random mini-batches
 (a pure function of run.seed and the step). Float64 throughout, so "exact" means 1e-9 here.
 """
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 import optim
 from configs import Config, at_least, require
 from runtime import Context
-from small_tasks import law_plots, noether
-from small_tasks.records import SGDSettings, StepRecord, law_check, sgd_settings
-from tasks import SmallTask, check
+from small_tasks.toolkit import law_plots, noether
+from small_tasks.toolkit.base import SmallTask, check
+from small_tasks.toolkit.records import SGDSettings, StepRecord, law_check, sgd_settings
 
 EXACT_TOL = 1e-9  # float64 round-off accumulated over the run, relative to the charge's terms
 OSCILLATOR_TOL = 0.02  # the continuous approximation's error, O((lr omega)^2): for lr omega <= ~0.3

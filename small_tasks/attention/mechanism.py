@@ -16,7 +16,7 @@ The data: each sequence's targets are what a teacher attention layer of the same
 logits qi_strength * w[key] (a query-independent "attend to these tokens" component, w a centred unit-RMS
 random vector) plus qd_strength * z[query] z[key] (a query-dependent one: tokens of two classes z = +-1
 attend to their own class). ``qi_strength = 0`` is the control without a query-independent component.
-The theory (small_tasks/attention_theory.py, docs/science.md) gives the checks; see ``finish``.
+The theory (small_tasks/attention/theory.py, docs/science.md) gives the checks; see ``finish``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import torch.nn as nn
 from configs import Config, UserError
 from model.symmetry import BiasDraws, BiasSpec
 from runtime import Context
-from small_tasks import attention_theory as th
-from small_tasks import noether, staircase
-from small_tasks.plots import plt
-from small_tasks.records import StepRecord, law_check, sgd_settings
-from tasks import EnsembleTask, check
+from small_tasks.attention import theory as th
+from small_tasks.toolkit import noether, staircase
+from small_tasks.toolkit.base import EnsembleTask, check
+from small_tasks.toolkit.plots import plt
+from small_tasks.toolkit.records import StepRecord, law_check, sgd_settings
 
 CHARGE_TOL = 1e-9  # float64: the discrete law holds to accumulated round-off
 BROKEN_FACTOR = 100.0  # a broken law must miss by this many times the tolerance
