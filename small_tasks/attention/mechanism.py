@@ -229,10 +229,6 @@ class AttentionMechanismTask(EnsembleTask):
         checks["escape_time"] = self.escape_check(escapes)
         if not self.saddle_removed():
             checks["plateau_levels"] = self.plateau_check(loss)
-        # the charge law takes the run's own step sizes (its kinetic term), so it checks the implementation
-        # against the exact discrete law; escape times and levels are predicted from the data alone
-        for name, c in checks.items():
-            c["kind"] = "implementation" if name == "rotation_charge" else "prediction"
         self.plot(loss, escapes)
         return {
             "prediction": {k: v for k, v in self.theory.items()},
@@ -256,8 +252,10 @@ class AttentionMechanismTask(EnsembleTask):
         predicted = noether.quadratic_charge(charge[0], kinetic, sgd.lrs, wd.pop() if wd else 0.0, sgd.momentum)
         scale = size[None, :, None, None, None]
         relative = np.abs(charge - predicted) / scale
+        # the law takes the run's own step sizes (its kinetic term): it checks the implementation against the
+        # exact discrete law, not a prediction from the setup alone
         extra = {"notes": sgd.notes} if sgd.notes else {}
-        result = law_check(relative, np.zeros_like(relative), 1.0, CHARGE_TOL, **extra)
+        result = law_check(relative, np.zeros_like(relative), 1.0, CHARGE_TOL, kind="implementation", **extra)
         if not self.spec.has_q:
             return result
         observed = result["observed"]
@@ -265,6 +263,7 @@ class AttentionMechanismTask(EnsembleTask):
             isinstance(observed, float) and observed >= BROKEN_FACTOR * CHARGE_TOL,
             f"broken by bQ: relative deviation >= {BROKEN_FACTOR * CHARGE_TOL:g}",
             observed,
+            kind="implementation",
         )
 
     def escape_steps(self, loss: np.ndarray, below_level: float | None = None) -> list[float | None]:
