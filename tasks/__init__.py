@@ -17,7 +17,7 @@ __all__ = ["Task", "TASKS", "task_class", "build_task"]
 TASKS: dict[str, str] = {
     "lm": "tasks.lm:LMTask",
     "group_composition": "small_tasks.composition.group_composition:GroupCompositionTask",
-    "modular_addition": "small_tasks.composition.group_composition:ModularAdditionTask",
+    "modular_addition": "small_tasks.composition.modular_addition:ModularAdditionTask",
     "diagonal_linear": "small_tasks.composition.diagonal_linear:DiagonalLinearTask",
     "lazy_rich": "small_tasks.linear.lazy_rich:LazyRichTask",
     "get_rich_quick": "small_tasks.linear.get_rich_quick:GetRichQuickTask",

@@ -35,8 +35,8 @@ from runtime import Context
 from small_tasks.attention import theory as th
 from small_tasks.toolkit import noether, staircase
 from small_tasks.toolkit.base import EnsembleTask, check
-from small_tasks.toolkit.plots import plt
-from small_tasks.toolkit.records import StepRecord, law_check, sgd_settings
+from small_tasks.toolkit.plots import finish, plt
+from small_tasks.toolkit.records import Recorder, law_check, sgd_settings
 
 CHARGE_TOL = 1e-9  # float64: the discrete law holds to accumulated round-off
 BROKEN_FACTOR = 100.0  # a broken law must miss by this many times the tolerance
@@ -138,7 +138,7 @@ class AttentionMechanismTask(EnsembleTask):
         k, steps = len(tc.init_scales), cfg.train.max_steps
         self.member_loss = torch.full((steps, k), float("nan"), dtype=torch.float64, device=ctx.device)
         shapes = {"charge": (k, tc.heads, dh, dh), "kinetic": (k, tc.heads, dh, dh), "size": (k,)}
-        self.rec = StepRecord(steps, shapes).to(ctx.device)
+        self.rec = Recorder.every_step(steps, shapes, device=ctx.device)
         self.theory = self.predict()
 
     # ---- theory ----
@@ -211,12 +211,12 @@ class AttentionMechanismTask(EnsembleTask):
             wq, wk = self.model.wq, self.model.wk
             gq, gk = wq @ wq.transpose(-1, -2), wk @ wk.transpose(-1, -2)
             size = (gq + gk).diagonal(dim1=-2, dim2=-1).sum(-1).amax(-1)
-            self.rec.write(row, charge=gq - gk, size=size)
+            self.rec.record(row, charge=gq - gk, size=size)
 
     def after_step(self, model: nn.Module, step: int) -> None:
         with torch.no_grad():
             vq, vk = self.model.wq - self.before[0], self.model.wk - self.before[1]
-            self.rec.write(step - 1, kinetic=vq @ vq.transpose(-1, -2) - vk @ vk.transpose(-1, -2))
+            self.rec.record(step - 1, kinetic=vq @ vq.transpose(-1, -2) - vk @ vk.transpose(-1, -2))
         self.write_charge(step)
 
     # ---- the checks ----
@@ -337,9 +337,7 @@ class AttentionMechanismTask(EnsembleTask):
         ax.set_ylabel("training loss")
         ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=110)
-        plt.close(fig)
+        finish(fig, run_dir / "loss.png")
         fig, ax = plt.subplots(figsize=(5, 3.4))
         x = np.array([math.log(1.0 / a) for a in self.tc.init_scales])
         seen = [(xi, e) for xi, e in zip(x, escapes) if e is not None]
@@ -352,6 +350,4 @@ class AttentionMechanismTask(EnsembleTask):
         ax.set_xlabel("ln(1/alpha)")
         ax.set_ylabel("escape step")
         ax.set_title(title, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run_dir / "escape.png", dpi=110)
-        plt.close(fig)
+        finish(fig, run_dir / "escape.png")
