@@ -29,8 +29,8 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "study": ("eval.study", [], "a paired study: each arm's rate swept, all arms on the same seeds, then the report"),
     "export": ("eval.hf", ["export"], "write a run as a Hugging Face model folder"),
     "import": ("eval.hf", ["import"], "make a run dir from GPT-2 weights"),
-    "width-sweep": ("small_tasks.width_sweep", [], "width a power network needs to compose k group elements"),
-    "verify": ("small_tasks.verify", [], "pass rate of each check of a small task over run and data seeds"),
+    "width-sweep": ("eval.width_sweep", [], "width a power network needs to compose k group elements"),
+    "verify": ("eval.verify", [], "pass rate of each check of a small task over run and data seeds"),
 }
 
 

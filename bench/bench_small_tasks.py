@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from configs import load_config
 from runtime import Context
-from small_tasks.group_composition import ModularAdditionTask
+from small_tasks.composition.group_composition import ModularAdditionTask
 from trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/small_tasks/modular_addition.toml"

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from configs import MODES, SymmetryConfig
+from seed_keys import MASK64, splitmix64
 
-__all__ = ["MODES", "BiasDraws", "BiasSpec", "draw_biases", "draw_key", "reference_biases"]
-_MASK64 = (1 << 64) - 1
+__all__ = ["MODES", "BiasDraws", "BiasSpec", "draw_biases", "reference_biases"]
 _MASK32 = (1 << 32) - 1
 DRAWS = "counter-hash-1"  # names the draw function: a resumed run must replay the draws it started with
 STREAMS = ("q", "v", "k")  # fixed counter slots: a stream's draw does not depend on which others are on
@@ -92,21 +92,6 @@ class BiasSpec:
         return {name: torch.full((self.head_dim,), self.mean(name)) for name in self.streams()}
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def draw_key(seed: int, micro_index: int, layer: int) -> int:
-    """A 63-bit generator seed that depends on all three numbers and nothing else."""
-    h = _splitmix64(seed & _MASK64)
-    h = _splitmix64(h ^ (micro_index & _MASK64))
-    h = _splitmix64(h ^ (layer & _MASK64))
-    return h >> 1
-
-
 def _mul32(x, c: int):
     """x * c mod 2^32 for 0 <= x < 2^32, in pieces that stay below 2^49 (int64 never overflows)."""
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
@@ -125,7 +110,7 @@ def _mix32(x):
 
 def _seed_key(seed: int) -> tuple[int, int]:
     """The seed as two 32-bit words."""
-    h = _splitmix64(seed & _MASK64)
+    h = splitmix64(seed & MASK64)
     return h & _MASK32, h >> 32
 
 

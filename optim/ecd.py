@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from configs import UserError, finite, non_negative, one_of, positive
-from model.symmetry import draw_key
+from seed_keys import draw_key
 
 LOW_LOSS_POLICIES = ("error", "skip", "clamp")
 CLAMP_REPORT_EVERY = 100  # steps between the (synchronising) checks for clamped steps

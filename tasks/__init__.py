@@ -11,25 +11,24 @@ import importlib
 from configs import Config, UserError
 from runtime import Context
 from tasks.base import Task
-from tasks.small import EnsembleTask, SmallTask, check
 
-__all__ = ["Task", "SmallTask", "EnsembleTask", "check", "TASKS", "task_class", "build_task"]
+__all__ = ["Task", "TASKS", "task_class", "build_task"]
 
 TASKS: dict[str, str] = {
     "lm": "tasks.lm:LMTask",
-    "group_composition": "small_tasks.group_composition:GroupCompositionTask",
-    "modular_addition": "small_tasks.group_composition:ModularAdditionTask",
-    "diagonal_linear": "small_tasks.diagonal_linear:DiagonalLinearTask",
-    "lazy_rich": "small_tasks.lazy_rich:LazyRichTask",
-    "get_rich_quick": "small_tasks.get_rich_quick:GetRichQuickTask",
-    "get_rich_quick_relu": "small_tasks.get_rich_quick:UnbalancedReLUTask",
-    "quasi_homogeneous": "small_tasks.quasi_homogeneous:QuasiHomogeneousTask",
-    "conservation_laws": "small_tasks.conservation_laws:ConservationLawsTask",
-    "stochastic_collapse": "small_tasks.stochastic_collapse:StochasticCollapseTask",
-    "stochastic_collapse_neuron": "small_tasks.stochastic_collapse:NeuronCollapseTask",
-    "limiting_dynamics": "small_tasks.limiting_dynamics:LimitingDynamicsTask",
-    "gpt_symmetries": "small_tasks.gpt_symmetries:GPTSymmetriesTask",
-    "attention_mechanism": "small_tasks.attention_mechanism:AttentionMechanismTask",
+    "group_composition": "small_tasks.composition.group_composition:GroupCompositionTask",
+    "modular_addition": "small_tasks.composition.modular_addition:ModularAdditionTask",
+    "diagonal_linear": "small_tasks.composition.diagonal_linear:DiagonalLinearTask",
+    "lazy_rich": "small_tasks.linear.lazy_rich:LazyRichTask",
+    "get_rich_quick": "small_tasks.linear.get_rich_quick:GetRichQuickTask",
+    "get_rich_quick_relu": "small_tasks.linear.get_rich_quick:UnbalancedReLUTask",
+    "quasi_homogeneous": "small_tasks.linear.quasi_homogeneous:QuasiHomogeneousTask",
+    "conservation_laws": "small_tasks.sgd.conservation_laws:ConservationLawsTask",
+    "stochastic_collapse": "small_tasks.sgd.stochastic_collapse:StochasticCollapseTask",
+    "stochastic_collapse_neuron": "small_tasks.sgd.stochastic_collapse:NeuronCollapseTask",
+    "limiting_dynamics": "small_tasks.sgd.limiting_dynamics:LimitingDynamicsTask",
+    "gpt_symmetries": "small_tasks.sgd.gpt_symmetries:GPTSymmetriesTask",
+    "attention_mechanism": "small_tasks.attention.mechanism:AttentionMechanismTask",
 }
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from small_tasks import agf, agf_power, groups, staircase
+from small_tasks.composition import agf, agf_power, groups
+from small_tasks.toolkit import staircase
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread only waits
 

@@ -11,8 +11,8 @@ import torch
 from configs import SymmetryConfig, UserError
 from model.symmetry import BiasSpec, draw_biases
 from runtime import Context
-from small_tasks import attention_theory as th
-from small_tasks.attention_mechanism import AttentionEnsemble, AttentionMechanismTask
+from small_tasks.attention import theory as th
+from small_tasks.attention.mechanism import AttentionEnsemble, AttentionMechanismTask
 from trainer import Trainer
 
 from helpers import run_config, train_config

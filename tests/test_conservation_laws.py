@@ -1,4 +1,4 @@
-"""Conservation laws of SGD (small_tasks/noether.py) against plain torch.optim.SGD loops, in float64."""
+"""Conservation laws of SGD (small_tasks/toolkit/noether.py) against plain torch.optim.SGD loops, in float64."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from configs import UserError, load_config
-from small_tasks import noether
-from small_tasks.conservation_laws import SymmetricNet, law_checks, linear_charges, quadratic_charges
-from small_tasks.records import SGDSettings
+from small_tasks.sgd.conservation_laws import SymmetricNet, law_checks, linear_charges, quadratic_charges
+from small_tasks.toolkit import noether
+from small_tasks.toolkit.records import SGDSettings
 from trainer import Trainer
 
 EXACT = 1e-10  # float64 round-off accumulated over a few hundred steps
@@ -157,7 +157,8 @@ def failed(summary):
 
 
 def test_reference_run_passes_every_law_and_plots_them(tmp_path):
-    s, _ = run_task(tmp_path, "--train.max_steps=300")
+    # lr 0.1, weight decay 0.2: 300 steps are enough for the scale group's equilibrium (tests/test_law_predictions.py)
+    s, _ = run_task(tmp_path, "--train.max_steps=300", "--optim.lr=0.1", "--optim.sgdm.weight_decay=0.2")
     assert failed(s) == []
     assert set(EXACT_CHECKS + OSCILLATOR_CHECKS) <= set(s["checks"])
     assert {"scale_law_gradient_form", "rescale_law_gradient_form"} <= set(s["checks"])
@@ -173,7 +174,9 @@ def test_momentum_run_oscillates_and_passes(tmp_path):
         "--optim.sgdm.weight_decay=0.5",
         "--optim.lr=0.2",
     )
-    assert failed(s) == []
+    # the exact laws and oscillators hold; the drive-free decay of the rescale charge does not (lr omega ~ 0.5,
+    # and momentum amplifies the kinetic drive it neglects): a prediction outside its regime
+    assert failed(s) == ["rescale_decay"]
     assert "scale_law_gradient_form" not in s["checks"]  # plain SGD's form only
     bias = trainer.task.records(300)["translation_bias"]
     assert np.sum(np.diff(np.sign(bias)) != 0) >= 4  # underdamped: omega > gamma
@@ -229,9 +232,10 @@ def test_schedule_and_full_batch_keep_the_exact_laws(tmp_path):
 
 
 def test_without_weight_decay_the_effective_lr_falls(tmp_path):
-    s, _ = run_task(tmp_path, "--train.max_steps=300", "--optim.sgdm.weight_decay=0", "--optim.lr=0.5")
+    s, trainer = run_task(tmp_path, "--train.max_steps=300", "--optim.sgdm.weight_decay=0", "--optim.lr=0.5")
     assert failed(s) == []
-    assert s["checks"]["effective_lr_falls"]["observed"]["effective_lr_ratio_end_to_start"] < 0.8
+    scale = trainer.task.records(300)["scale"]
+    assert scale[0] / scale[-1] < 0.8  # lr / |W_in|^2, the step on the sphere, ends below 0.8 of its start
 
 
 def test_resumed_run_keeps_the_whole_record(tmp_path):
@@ -239,11 +243,11 @@ def test_resumed_run_keeps_the_whole_record(tmp_path):
     whole, _ = run_task(tmp_path, "--train.max_steps=200", *common, name="whole")
     run_task(tmp_path, "--train.max_steps=100", *common, name="split")
     resumed, _ = run_task(tmp_path, "--train.max_steps=200", "--run.resume=true", *common, name="split")
-    assert failed(resumed) == []
+    assert not set(EXACT_CHECKS) & set(failed(resumed)) and failed(resumed) == failed(whole)
     assert resumed["observed"] == whole["observed"]
 
 
-# ---- the same laws on the GPT (small_tasks/gpt_symmetries.py) ----
+# ---- the same laws on the GPT (small_tasks/sgd/gpt_symmetries.py) ----
 
 GPT_FAST = [
     "--model.n_layer=2",
@@ -266,9 +270,16 @@ def run_gpt(tmp_path, data_dir, *overrides, name="g"):
     return trainer.run(), trainer
 
 
+# 30 steps of heavy ball at lr 0.1, weight decay 0.01 predict a charge decay of only 0.38, below the 0.5 the
+# decay predictions need to tell it from a conserved charge: they fail here by design (passing runs of
+# them are in tests/test_law_predictions.py)
+GPT_DECAY = ["qk_charge_decay", "vo_charge_decay"]
+
+
 def test_symmetric_gpt_follows_every_law(tmp_path, data_dir):
     s, trainer = run_gpt(tmp_path, data_dir)
-    assert failed(s) == []
+    assert failed(s) == GPT_DECAY
+    assert all(s["checks"][k]["predicted_decay"] < 0.5 for k in GPT_DECAY)
     assert set(s["checks"]) == {
         "translation_law",
         "residual_scale_law",
@@ -276,6 +287,7 @@ def test_symmetric_gpt_follows_every_law(tmp_path, data_dir):
         "qk_angular_momentum",
         "vo_charge_law",
         "vo_angular_momentum",
+        *GPT_DECAY,
     }
     for plot in ("translation", "residual_scale", "qk_charge", "vo_charge", "angular_momentum"):
         assert (tmp_path / "g" / f"{plot}.png").stat().st_size > 0
@@ -294,13 +306,14 @@ def test_bq_and_bv_break_exactly_the_attention_groups(tmp_path, data_dir):
     symmetric_laws = ("qk_charge_law", "qk_angular_momentum", "vo_charge_law", "vo_angular_momentum")
     assert not any(checks[k]["passed"] for k in symmetric_laws)
     s, _ = run_gpt(tmp_path, data_dir, "--symmetry.mode=bq", name="bq")
-    assert failed(s) == [] and s["checks"]["vo_charge_law"]["passed"] and "qk_charge_broken_by_bias" in s["checks"]
+    assert failed(s) == ["vo_charge_decay"] and "qk_charge_decay" not in s["checks"]  # no decay predicted where broken
+    assert s["checks"]["vo_charge_law"]["passed"] and "qk_charge_broken_by_bias" in s["checks"]
 
 
 def test_gpt_outside_the_assumptions(tmp_path, data_dir):
     # the model's own layer-norm eps breaks the residual scale symmetry (slightly, but far above round-off)
     s, _ = run_gpt(tmp_path, data_dir, "--task.layernorm_eps=1e-5", name="eps")
-    assert failed(s) == ["residual_scale_law"] and s["checks"]["residual_scale_law"]["notes"]
+    assert failed(s) == sorted(["residual_scale_law", *GPT_DECAY]) and s["checks"]["residual_scale_law"]["notes"]
     # weight decay on the matrices only: the residual writers' group mixes decayed and undecayed tensors
     s, _ = run_gpt(tmp_path, data_dir, "--optim.decay=matrices", name="decay")
     assert "residual_scale_law" in failed(s)
@@ -310,7 +323,7 @@ def test_gpt_laws_reject_nesterov_momentum(tmp_path, data_dir):
     """The laws are for heavy ball: Nesterov's look-ahead step breaks every one of them, translation and
     the angular momenta included, and the checks say why."""
     s, _ = run_gpt(tmp_path, data_dir, "--optim.sgdm.nesterov=true", name="nesterov")
-    assert failed(s) == sorted(s["checks"]) and len(s["checks"]) == 6
+    assert failed(s) == sorted(s["checks"]) and len(s["checks"]) == 8
     assert "heavy-ball" in " ".join(s["checks"]["translation_law"]["notes"])
 
 

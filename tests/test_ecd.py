@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from configs import OptimConfig, UserError
-from model.symmetry import draw_key
 from optim import lr_multiplier
 from optim.ecd import ECD, LowLossError
+from seed_keys import draw_key
 
 
 def tiny_mlp(dtype=torch.float64) -> nn.Module:

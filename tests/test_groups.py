@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import UserError
-from small_tasks import groups
+from small_tasks.composition import groups
 
 NAMES = ["C5", "C3xC4", "D4", "D5", "S3", "S4", "S5", "C2xD3"]
 

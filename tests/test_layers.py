@@ -1,9 +1,12 @@
 """The import graph of the project's own modules: no cycles, every dependency pointing down the layers,
-and every project import at the top of its module (none hidden inside a function)."""
+and every project import at the top of its module (none hidden inside a function). A registry entry
+"package.module:Class" (the task registry loads its tasks so, on demand) counts as an import of that
+module by the module that registers it."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from helpers import ROOT
@@ -12,6 +15,7 @@ from helpers import ROOT
 LAYERS = {
     "configs": 0,  # the config schema: imports nothing of the project
     "progress": 0,  # progress bars and their plain-line form for logs: imports nothing of the project
+    "seed_keys": 0,  # counter-based generator seeds: imports nothing of the project
     "model": 1,
     "optim": 1,
     "data": 1,
@@ -24,11 +28,12 @@ LAYERS = {
     "train": 4,
     "eval.grid": 5,  # tools that drive the trainer
     "eval.study": 5,
-    "small_tasks.verify": 5,
-    "small_tasks.width_sweep": 5,
+    "eval.verify": 5,
+    "eval.width_sweep": 5,
     "symbreak": 5,
 }
 SKIP = {"tests", "bench", "docs", "build", "dist"}
+REGISTERED = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+:[A-Za-z_]\w*$")
 
 
 def project_modules() -> dict[str, Path]:
@@ -52,6 +57,9 @@ def imports(module: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, i
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     top = {id(node) for node in tree.body}
+    # a registry is a module-level assignment: its entries count as imports at the top
+    top |= {id(n) for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign)) for n in ast.walk(node)
+            if isinstance(n, ast.Constant)}
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -62,6 +70,8 @@ def imports(module: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, i
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, base] if base else parts)
             names = [f"{base}.{a.name}" for a in node.names] + [base]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and REGISTERED.match(node.value):
+            names = [node.value.split(":")[0]]
         else:
             continue
         for name in names:
@@ -137,3 +147,12 @@ def test_the_checks_fail_on_a_tree_that_breaks_the_rules(tmp_path):
     assert imports("configs", mods["configs"], mods) == [("model", 1, True)]  # upward: layer 0 -> 1
     assert imports("model", mods["model"], mods) == [("configs", 2, False)]  # inside a function
     assert layer("model") > layer("configs")
+    (tmp_path / "configs.py").write_text('REGISTRY = {"x": "model.part:Thing"}\n')  # registered, not imported
+    assert imports("configs", mods["configs"], mods) == [("model", 1, True)]
+
+
+def test_the_task_registry_counts_as_imports():
+    """Every task the registry names is an edge of the graph, so its layer is checked like an import."""
+    mods = project_modules()
+    seen = {target for target, _, _ in imports("tasks", mods["tasks"], mods)}
+    assert {"tasks.lm", "small_tasks.attention.mechanism", "small_tasks.composition.group_composition"} <= seen

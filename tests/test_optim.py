@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import optim
 import train
 from configs import CONFIG_DIR, OptimConfig, UserError, load_config
+from eval.study import load_study
 from model import GPT, GPTConfig
 
 from helpers import BYTE_QUICKSTART, QUIET, TINY_GPT
@@ -143,6 +145,12 @@ def test_lowers_the_quickstart_loss(tmp_path, name):
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.toml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_shipped_config_loads(path: Path):
+    """A trainer config loads; a study file (a [study] table) loads as eval.study reads it, every arm's
+    runs included."""
+    if "study" in tomllib.loads(path.read_text()):
+        study = load_study(path)
+        assert study.arms and study.max_steps > 0
+        return
     load_config(path)
 
 

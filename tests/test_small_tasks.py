@@ -10,11 +10,11 @@ import torch
 
 import optim
 from configs import UserError, load_config
+from eval import width_sweep
 from optim.per_neuron import PerNeuronSGD
 from runtime import Context
-from small_tasks import width_sweep
-from small_tasks.diagonal_linear import DiagonalLinearTask
-from small_tasks.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_param_groups
+from small_tasks.composition.diagonal_linear import DiagonalLinearTask
+from small_tasks.composition.models import DeepComposer, PowerMLP, QuadraticRNN, neuron_param_groups
 from tasks import task_class
 from trainer import CHECKS_FAILED_EXIT, NonFiniteLoss, Trainer
 from trainer.exits import PREEMPTED_EXIT
@@ -349,7 +349,7 @@ def test_sync_interval_still_stops_a_diverging_run(tmp_path):
 
 
 def test_loss_trace_joins_logged_records_and_the_per_step_trace():
-    from small_tasks.staircase import loss_trace
+    from small_tasks.toolkit.staircase import loss_trace
 
     trace = np.full(10, np.nan)
     trace[5:] = np.arange(5.0, 10.0)  # a run resumed at step 5 records only its own steps

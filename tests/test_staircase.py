@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from small_tasks import staircase
+from small_tasks.toolkit import staircase
 
 
 def marks(*triples):

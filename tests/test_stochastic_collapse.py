@@ -1,4 +1,4 @@
-"""Stochastic collapse theory (small_tasks/collapse.py) against closed forms and plain numpy simulations."""
+"""Stochastic collapse theory (small_tasks/sgd/collapse.py) against closed forms and plain numpy simulations."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import UserError, load_config
-from small_tasks import collapse
-from small_tasks.stochastic_collapse import sweep_check
+from small_tasks.sgd import collapse
+from small_tasks.sgd.stochastic_collapse import sweep_check
 from trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is far faster

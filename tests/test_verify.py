@@ -1,11 +1,11 @@
-"""small_tasks.verify: pass rates over run and data seeds, for any small task; bad input is one line."""
+"""eval.verify: pass rates over run and data seeds, for any small task; bad input is one line."""
 
 import json
 
 import pytest
 
 import symbreak
-from small_tasks import verify
+from eval import verify
 
 TINY = ["--task.group=C5", "--task.powers=[]", "--task.width=20", "--train.max_steps=150"]
 

@@ -16,7 +16,7 @@ The data: each sequence's targets are what a teacher attention layer of the same
 logits qi_strength * w[key] (a query-independent "attend to these tokens" component, w a centred unit-RMS
 random vector) plus qd_strength * z[query] z[key] (a query-dependent one: tokens of two classes z = +-1
 attend to their own class). ``qi_strength = 0`` is the control without a query-independent component.
-The theory (small_tasks/attention_theory.py, docs/science.md) gives the checks; see ``finish``.
+The theory (small_tasks/attention/theory.py, docs/science.md) gives the checks; see ``finish``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import torch.nn as nn
 from configs import Config, UserError
 from model.symmetry import BiasDraws, BiasSpec
 from runtime import Context
-from small_tasks import attention_theory as th
-from small_tasks import noether, staircase
-from small_tasks.plots import plt
-from small_tasks.records import StepRecord, law_check, sgd_settings
-from tasks import EnsembleTask, check
+from small_tasks.attention import theory as th
+from small_tasks.toolkit import noether, staircase
+from small_tasks.toolkit.base import EnsembleTask, check
+from small_tasks.toolkit.plots import finish, plt
+from small_tasks.toolkit.records import Recorder, law_check, sgd_settings
 
 CHARGE_TOL = 1e-9  # float64: the discrete law holds to accumulated round-off
 BROKEN_FACTOR = 100.0  # a broken law must miss by this many times the tolerance
@@ -138,7 +138,7 @@ class AttentionMechanismTask(EnsembleTask):
         k, steps = len(tc.init_scales), cfg.train.max_steps
         self.member_loss = torch.full((steps, k), float("nan"), dtype=torch.float64, device=ctx.device)
         shapes = {"charge": (k, tc.heads, dh, dh), "kinetic": (k, tc.heads, dh, dh), "size": (k,)}
-        self.rec = StepRecord(steps, shapes).to(ctx.device)
+        self.rec = Recorder.every_step(steps, shapes, device=ctx.device)
         self.theory = self.predict()
 
     # ---- theory ----
@@ -211,12 +211,12 @@ class AttentionMechanismTask(EnsembleTask):
             wq, wk = self.model.wq, self.model.wk
             gq, gk = wq @ wq.transpose(-1, -2), wk @ wk.transpose(-1, -2)
             size = (gq + gk).diagonal(dim1=-2, dim2=-1).sum(-1).amax(-1)
-            self.rec.write(row, charge=gq - gk, size=size)
+            self.rec.record(row, charge=gq - gk, size=size)
 
     def after_step(self, model: nn.Module, step: int) -> None:
         with torch.no_grad():
             vq, vk = self.model.wq - self.before[0], self.model.wk - self.before[1]
-            self.rec.write(step - 1, kinetic=vq @ vq.transpose(-1, -2) - vk @ vk.transpose(-1, -2))
+            self.rec.record(step - 1, kinetic=vq @ vq.transpose(-1, -2) - vk @ vk.transpose(-1, -2))
         self.write_charge(step)
 
     # ---- the checks ----
@@ -229,10 +229,6 @@ class AttentionMechanismTask(EnsembleTask):
         checks["escape_time"] = self.escape_check(escapes)
         if not self.saddle_removed():
             checks["plateau_levels"] = self.plateau_check(loss)
-        # the charge law takes the run's own step sizes (its kinetic term), so it checks the implementation
-        # against the exact discrete law; escape times and levels are predicted from the data alone
-        for name, c in checks.items():
-            c["kind"] = "implementation" if name == "rotation_charge" else "prediction"
         self.plot(loss, escapes)
         return {
             "prediction": {k: v for k, v in self.theory.items()},
@@ -256,8 +252,10 @@ class AttentionMechanismTask(EnsembleTask):
         predicted = noether.quadratic_charge(charge[0], kinetic, sgd.lrs, wd.pop() if wd else 0.0, sgd.momentum)
         scale = size[None, :, None, None, None]
         relative = np.abs(charge - predicted) / scale
+        # the law takes the run's own step sizes (its kinetic term): it checks the implementation against the
+        # exact discrete law, not a prediction from the setup alone
         extra = {"notes": sgd.notes} if sgd.notes else {}
-        result = law_check(relative, np.zeros_like(relative), 1.0, CHARGE_TOL, **extra)
+        result = law_check(relative, np.zeros_like(relative), 1.0, CHARGE_TOL, kind="implementation", **extra)
         if not self.spec.has_q:
             return result
         observed = result["observed"]
@@ -265,6 +263,7 @@ class AttentionMechanismTask(EnsembleTask):
             isinstance(observed, float) and observed >= BROKEN_FACTOR * CHARGE_TOL,
             f"broken by bQ: relative deviation >= {BROKEN_FACTOR * CHARGE_TOL:g}",
             observed,
+            kind="implementation",
         )
 
     def escape_steps(self, loss: np.ndarray, below_level: float | None = None) -> list[float | None]:
@@ -338,9 +337,7 @@ class AttentionMechanismTask(EnsembleTask):
         ax.set_ylabel("training loss")
         ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=110)
-        plt.close(fig)
+        finish(fig, run_dir / "loss.png")
         fig, ax = plt.subplots(figsize=(5, 3.4))
         x = np.array([math.log(1.0 / a) for a in self.tc.init_scales])
         seen = [(xi, e) for xi, e in zip(x, escapes) if e is not None]
@@ -353,6 +350,4 @@ class AttentionMechanismTask(EnsembleTask):
         ax.set_xlabel("ln(1/alpha)")
         ax.set_ylabel("escape step")
         ax.set_title(title, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run_dir / "escape.png", dpi=110)
-        plt.close(fig)
+        finish(fig, run_dir / "escape.png")

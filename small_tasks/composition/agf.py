@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from small_tasks.groups import Group, fourier
+from small_tasks.composition.groups import Group, fourier
 
 
 def class_max_utility(group: Group, template: np.ndarray, power: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Pass rates of a small task's checks over seeds: how often the theory's checks hold, not whether one run passed.
 
-    python -m small_tasks.verify configs/small_tasks/group_composition.toml --seeds 8
+    python -m eval.verify configs/small_tasks/group_composition.toml --seeds 8
     symbreak verify configs/small_tasks/dihedral.toml --seeds 4 --jobs 2 --out rates.json -- --optim.lr=0.05
 
 Runs the config once per run seed 0..N-1 (``run.seed``: the initialization) with the config's data seed,
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from configs import ArgumentParser, UserError, command, load_config
-from tasks import SmallTask, task_class
+from small_tasks.toolkit.base import SmallTask
+from tasks import task_class
 from trainer import Trainer
 
 

@@ -18,6 +18,9 @@ with k_j = h_j + wd and xi the batch gradient's noise. Given theta, xi has mean 
   and one scalar, T = tr(H (C + b b^T)), for the isotropic part.
 - displacement at stationarity: E|theta_{t+tau} - theta_t|^2 = 2 tr C - 2 sum_j [A_j^tau Z_jj]_{delta delta},
   which for momentum 0 is 2 tr[(I - (I - lr K)^tau) C].
+- before stationarity, from any start: the noise has conditional mean 0, so E[z_{t+tau} z_t^T] = A^tau E[z_t z_t^T]
+  and E|theta_{t+tau} - theta_t|^2 = tr S_{t+tau} + tr S_t - 2 sum_j [A_j^tau S_t,jj]_{delta delta}, with S_t the
+  exact second moment of step t from the recursion (``moments``): no stationarity assumed.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class Moments:
     means: np.ndarray  # (n + 1, d, 2): E z_n
     blocks: np.ndarray  # (n + 1, d, 2, 2): E z_j z_j^T, each direction's own block
     last: np.ndarray  # (d, d, 2, 2): all of E z z^T at the last step
+    window: np.ndarray | None = None  # (d, d, 2, 2): E z z^T averaged over steps average_from..n_steps
 
 
 def moments(
@@ -103,10 +107,12 @@ def moments(
     batch: int,
     sigma: float,
     n_steps: int,
+    average_from: int | None = None,
 ) -> Moments:
     """The exact first and second moments from theta_0 (at rest) for n = 0..n_steps, by iterating the
     moment recursion: the reference that the stationary solver is tested against, and the transient
-    (how far from stationary a run still is) that a run is compared with."""
+    that a run is compared with; with ``average_from``, also all of E z z^T averaged over the steps
+    average_from..n_steps (what a run measures over that window, stationary or not)."""
     h = np.asarray(h, dtype=np.float64)
     a = transitions(h, lr, wd, momentum)
     b = offset(h, theta_star, wd)
@@ -116,14 +122,18 @@ def moments(
     second = np.einsum("ia,jb->ijab", mean, mean)
     means, blocks = [mean], [np.einsum("iiab->iab", second)]
     ones = np.ones((2, 2))
-    for _ in range(n_steps):
+    window, count = np.zeros_like(second), 0
+    for step in range(1, n_steps + 1):
         ee = second[:, :, 0, 0] + np.outer(mean[:, 0], b) + np.outer(b, mean[:, 0]) + np.outer(b, b)
         sigma_s = c * (np.outer(h, h) * ee + np.diag(h * (float(np.sum(h * np.diagonal(ee))) + sigma**2)))
         second = np.einsum("iab,ijbc,jdc->ijad", a, second, a) + sigma_s[..., None, None] * ones
         mean = np.einsum("iab,ib->ia", a, mean)
         means.append(mean)
         blocks.append(np.einsum("iiab->iab", second))
-    return Moments(np.stack(means), np.stack(blocks), second)
+        if average_from is not None and step >= average_from:
+            window += second
+            count += 1
+    return Moments(np.stack(means), np.stack(blocks), second, window / count if count else None)
 
 
 def mean_trajectory(h: np.ndarray, delta0: np.ndarray, lr: float, wd: float, momentum: float, n_steps: int):
@@ -148,6 +158,22 @@ def displacement(stat: Stationary, h: np.ndarray, lr: float, wd: float, momentum
         lagged = np.einsum("iab,ibc->iac", power, z_diag)[:, 0, 0]
         out.append(2.0 * float(np.trace(stat.cov)) - 2.0 * float(lagged.sum()))
     return np.array(out)
+
+
+def transient_displacement(
+    blocks: np.ndarray, h: np.ndarray, lr: float, wd: float, momentum: float, starts, taus
+) -> np.ndarray:
+    """E|theta_{t0+tau} - theta_{t0}|^2 for every start t0 and lag tau, (len(starts), len(taus)), from the
+    exact per-step second moments ``blocks`` of ``moments`` (NaN where t0 + tau is past its last step)."""
+    a = transitions(h, lr, wd, momentum)
+    out = np.full((len(starts), len(taus)), np.nan)
+    for i, tau in enumerate(np.asarray(taus, dtype=int)):
+        power = np.stack([np.linalg.matrix_power(aj, int(tau)) for aj in a])
+        for k, t0 in enumerate(np.asarray(starts, dtype=int)):
+            if t0 + tau < len(blocks):
+                lagged = np.einsum("iab,ibc->iac", power, blocks[t0])[:, 0, 0]
+                out[k, i] = float(np.sum(blocks[t0 + tau, :, 0, 0] + blocks[t0, :, 0, 0] - 2.0 * lagged))
+    return out
 
 
 def exponent(taus: np.ndarray, msd: np.ndarray) -> float:

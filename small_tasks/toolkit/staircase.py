@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import check
+from small_tasks.toolkit.base import check
 
 __all__ = ["check", "drop_steps", "find_plateaus", "learn_steps", "loss_trace", "match_levels", "match_plateaus"]
 
@@ -107,12 +107,12 @@ def match_levels(predicted: list[float], plateaus: list[dict], tol: float) -> di
         best = min(plateaus, key=lambda p: abs(p["level"] - level) / level)
         observed.append(round(best["level"], 6))
         errors.append(abs(best["level"] - level) / level)
-    return {
-        "passed": bool(errors and max(errors) <= tol),
-        "expected": [round(float(v), 6) for v in predicted if v > 0],
-        "observed": observed,
-        "max_rel_error": round(max(errors), 5) if errors else None,
-    }
+    return check(
+        bool(errors and max(errors) <= tol),
+        [round(float(v), 6) for v in predicted if v > 0],
+        observed,
+        max_rel_error=round(max(errors), 5) if errors else None,
+    )
 
 
 def match_plateaus(plateaus: list[dict], predicted: list[float], tol: float) -> dict[str, Any]:
@@ -126,12 +126,12 @@ def match_plateaus(plateaus: list[dict], predicted: list[float], tol: float) -> 
         err = abs(p["level"] - level) / level if level > 0 else (0.0 if p["level"] <= floor else float("inf"))
         observed.append(round(p["level"], 6))
         errors.append(err)
-    return {
-        "passed": bool(errors and max(errors) <= tol),
-        "expected": f"each plateau within {tol:.0%} of a level in {[round(float(v), 6) for v in predicted]}",
-        "observed": observed,
-        "max_rel_error": round(max(errors), 5) if errors else None,
-    }
+    return check(
+        bool(errors and max(errors) <= tol),
+        f"each plateau within {tol:.0%} of a level in {[round(float(v), 6) for v in predicted]}",
+        observed,
+        max_rel_error=round(max(errors), 5) if errors else None,
+    )
 
 
 def drop_steps(steps: np.ndarray, loss: np.ndarray, levels: list[float]) -> list[float | None]:

@@ -1,7 +1,7 @@
 """Smallest width at which the two-layer power network composes k elements exactly, against the
 composition paper's bound: widths m * 2^(k-1) * |G|, m = 1..k+1.
 
-    python -m small_tasks.width_sweep [--group C5] [--ks 2 3 4] [--widths 6 8 10 12 ...] [--seeds 2]
+    python -m eval.width_sweep [--group C5] [--ks 2 3 4] [--widths 6 8 10 12 ...] [--seeds 2]
     symbreak width-sweep --group C5 --ks 2 3 4
 
 Expressivity, not dynamics: each (k, width) is trained through the Trainer with Adam from O(1)
@@ -29,7 +29,7 @@ import sys
 import tempfile
 
 from configs import CONFIG_DIR, ArgumentParser, UserError, command, load_config
-from small_tasks.groups import parse_group
+from small_tasks.composition.groups import parse_group
 from trainer import CHECKS_FAILED_EXIT, Trainer
 
 

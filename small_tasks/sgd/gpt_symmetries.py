@@ -1,4 +1,4 @@
-"""The conservation laws of small_tasks/noether.py on the real model: a short LM run of the quickstart GPT
+"""The conservation laws of small_tasks/toolkit/noether.py on the real model: a short LM run of the quickstart GPT
 trained by heavy-ball SGD, its charges recorded every step and compared with the laws.
 
     python train.py configs/small_tasks/gpt_symmetries.toml                          # symmetric attention
@@ -40,9 +40,10 @@ import torch.nn as nn
 import optim
 from configs import Config, UserError, build_section
 from runtime import Context
-from small_tasks import law_plots, noether
-from small_tasks.records import StepRecord, law_check, sgd_settings
-from tasks import check
+from small_tasks.sgd.conservation_laws import DECAY_FLOOR, DECAY_MIN_EFFECT, DECAY_TOL  # the same decay claim
+from small_tasks.toolkit import noether, plots
+from small_tasks.toolkit.base import check
+from small_tasks.toolkit.records import Recorder, decay_check, law_check, sgd_settings
 from tasks.lm import LMTask
 
 EXACT_TOL = 1e-9  # float64: the structural laws hold to round-off accumulated over the run
@@ -103,7 +104,7 @@ class GPTSymmetriesTask(LMTask):
                 f"kinetic_{pair}": heads,
                 f"angular_{pair}": (self.L, self.H),
             }
-        self.rec = StepRecord(n, shapes).to(self.ctx.device)
+        self.rec = Recorder.every_step(n, shapes, device=self.ctx.device)
         self.write_charges(0)
         return model
 
@@ -156,7 +157,7 @@ class GPTSymmetriesTask(LMTask):
             readers = sum(p.double().square().sum() for p in self.readers)
             wte, wpe = t.wte.weight.double(), t.wpe.weight.double()
             factors = self.head_factors(self.attention_tensors(lambda p: p.double()))
-            self.rec.write(
+            self.rec.record(
                 row,
                 translation=wte.sum(0) - wpe.sum(0),
                 size_translation=wte.abs().sum(0) + wpe.abs().sum(0),
@@ -187,7 +188,7 @@ class GPTSymmetriesTask(LMTask):
                 va.square().sum((-2, -1)) + vb.square().sum((-2, -1))
             ).sqrt()
             angular[f"angular_{pair}"] = (m - m.transpose(-1, -2)).norm(dim=(-2, -1)) / 2 / size.clamp_min(1e-300)
-        self.rec.write(
+        self.rec.record(
             step - 1, kinetic_scale=writers - readers, kinetic_qk=kinetic["qk"], kinetic_vo=kinetic["vo"], **angular
         )
         self.write_charges(step)
@@ -200,7 +201,7 @@ class GPTSymmetriesTask(LMTask):
 
     def records(self) -> dict[str, np.ndarray]:
         n = int(np.isfinite(self.rec.numpy("scale", self.cfg.train.max_steps + 1)).sum()) - 1
-        rec = {name: self.rec.numpy(name, n + 1) for name, _ in self.rec.named_buffers()}
+        rec = {name: self.rec.numpy(name, n + 1) for name in self.rec.names()}
         return {k: v[:n] if k.startswith(("kinetic_", "angular_")) else v for k, v in rec.items()}
 
     def tolerances(self) -> tuple[float, float]:
@@ -224,7 +225,7 @@ class GPTSymmetriesTask(LMTask):
         checks: dict[str, Any] = {}
         predicted: dict[str, np.ndarray] = {}
 
-        def law(name: str, params: list, key: str, tolerance: float, make) -> None:
+        def law(name: str, params: list, key: str, tolerance: float, make, kind: str = "implementation") -> None:
             wd = self.uniform_decay(params)
             notes = list(sgd.notes)
             if wd is None:
@@ -234,7 +235,11 @@ class GPTSymmetriesTask(LMTask):
                 notes.append(f"layer norms with eps = {self.tc.layernorm_eps:g} are only approximately scale invariant")
             predicted[name] = pred = make(wd)
             extra = {"notes": notes} if notes else {}
-            checks[name] = law_check(rec[key], pred, float(np.max(rec["size_" + key])), tolerance, **extra)
+            checks[name] = law_check(rec[key], pred, float(np.max(rec["size_" + key])), tolerance, kind=kind, **extra)
+            if key in ("qk", "vo") and not broken[key] and wd > 0:  # a prediction from D_0, lr, wd, momentum
+                checks[f"{key}_charge_decay"] = decay_check(
+                    rec[key], lrs, wd, beta, DECAY_TOL, DECAY_FLOOR, DECAY_MIN_EFFECT, **extra
+                )
 
         lrs, beta = sgd.lrs, sgd.momentum
         law(
@@ -243,6 +248,7 @@ class GPTSymmetriesTask(LMTask):
             "translation",
             translation_tol,
             lambda wd: noether.linear_charge(rec["translation"][0], lrs, wd, beta),
+            kind="prediction",  # from the charge at init and the hyperparameters alone
         )
         law(
             "residual_scale_law",
@@ -291,7 +297,7 @@ class GPTSymmetriesTask(LMTask):
         run_dir, steps = self.ctx.run_dir, np.arange(len(rec["scale"]))
         mode = self.model.bias_spec.symmetry.mode
         title = f"GPT ({mode}), SGD lr {sgd.lrs[0]:g}, momentum {sgd.momentum:g}"
-        law_plots.plot_law(
+        plots.plot_law(
             run_dir / "translation.png",
             steps,
             rec["translation"][:, :3],
@@ -301,7 +307,7 @@ class GPTSymmetriesTask(LMTask):
             "charge",
             float(np.max(rec["size_translation"])),
         )
-        law_plots.plot_law(
+        plots.plot_law(
             run_dir / "residual_scale.png",
             steps,
             rec["scale"],
@@ -312,7 +318,7 @@ class GPTSymmetriesTask(LMTask):
             float(np.max(rec["size_scale"])),
         )
         for pair in ("qk", "vo"):
-            law_plots.plot_law(
+            plots.plot_law(
                 run_dir / f"{pair}_charge.png",
                 steps,
                 rec[pair][:, :, 0, 0],
@@ -329,7 +335,7 @@ class GPTSymmetriesTask(LMTask):
             for p in ("qk", "vo")
         }
         series["tolerance of a conserved angular momentum (theory: 0)"] = np.full(len(steps) - 1, tol)
-        law_plots.plot_series(
+        plots.plot_series(
             run_dir / "angular_momentum.png",
             steps[1:],
             series,

@@ -12,10 +12,19 @@ from configs import Config, UserError, build_section
 from runtime import Context
 from tasks.base import Task
 
+CHECK_KINDS = ("prediction", "implementation")
 
-def check(passed: bool, expected: Any, observed: Any, **extra: Any) -> dict[str, Any]:
-    """One entry of ``summary["checks"]``: did the run do what the theory predicts?"""
-    return {"passed": bool(passed), "expected": expected, "observed": observed, **extra}
+
+def check(passed: bool, expected: Any, observed: Any, kind: str = "prediction", **extra: Any) -> dict[str, Any]:
+    """One entry of ``summary["checks"]``: did the run do what the theory predicts?
+
+    ``kind`` says what a pass means: a ``prediction`` is computed from the theory and the setup alone
+    (data, initialization, hyperparameters) and can fail when the phenomenon is absent; an
+    ``implementation`` check compares the run with an exact identity that takes quantities measured on
+    the same run (step sizes, gradients), so it tests the code, not the theory's claim."""
+    if kind not in CHECK_KINDS:
+        raise ValueError(f"check kind '{kind}' is not one of {CHECK_KINDS}")
+    return {"passed": bool(passed), "expected": expected, "observed": observed, "kind": kind, **extra}
 
 
 class SmallTask(Task):
@@ -23,7 +32,7 @@ class SmallTask(Task):
 
     ``config_class`` is the dataclass of its ``[task]`` section (parsed into ``self.tc``, so an unknown
     key or a wrong type is a one-line error); ``data_seed_key`` names the key of it that seeds the data
-    instance (template, teacher, dataset), which ``small_tasks.verify`` varies. The per-step loss is kept
+    instance (template, teacher, dataset), which ``eval.verify`` varies. The per-step loss is kept
     on the device (``record``), so no step waits for the host; the analysis reads it at the end.
     ``recorded`` names the attributes that hold such per-step records (tensors indexed by step, or
     objects with ``state_dict``/``load_state_dict``, such as a ``Recorder``): they go into checkpoints,

@@ -164,3 +164,27 @@ def relative_error(observed: np.ndarray, predicted: np.ndarray, scale: float | N
         return float("inf")
     scale = scale if scale is not None else float(np.max(np.abs(predicted)))
     return float(np.max(np.abs(observed - predicted)) / max(scale, 1e-300))
+
+
+def decay_factor(lrs: np.ndarray, kappa: float, momentum: float) -> np.ndarray:
+    """h_0..h_n: the law's homogeneous solution from h_0 = 1 (the kinetic drive K dropped), i.e. the exact
+    discrete form of exp(-kappa t) for heavy-ball SGD: h_{n+1} = h_n + momentum rho_n (h_n - h_{n-1}) -
+    lr_n kappa h_n. With momentum 0 it is prod (1 - lr_k kappa); with momentum and a constant lr, overdamped,
+    it falls per step by the slow root of r^2 - (1 + momentum - lr kappa) r + momentum = 0, ~ 1 - lr kappa /
+    (1 - momentum) for lr kappa << (1 - momentum)^2. A quadratic charge (kappa = 2 wd)
+    follows it in the gradient-flow limit, where K = O(lr^2 |g|^2) per step vanishes against lr wd Q."""
+    return second_order(1.0, lrs, kappa, momentum)
+
+
+def spherical_equilibrium(lr: float, wd: float, momentum: float) -> float:
+    """The stationary relative squared step |theta_{n+1} - theta_n|^2 / |theta_n|^2 of a scale-invariant
+    group under heavy-ball SGD with weight decay: 2 lr wd / (1 + momentum), whatever the loss and data.
+
+    Summing the quadratic law over steps M..N-1 (constant lr) telescopes:
+        (Q_N - Q_M) - momentum (Q_{N-1} - Q_{M-1}) = -2 lr wd sum Q_n + (1 + momentum) sum K_n - momentum K_{N-1}
+                                                      + momentum K_{M-1},
+    so once Q is stationary (the left side and the K boundary terms are O(1) against sums over N - M
+    steps) sum K / sum Q -> 2 lr wd / (1 + momentum). Since the step is tangent up to the decay, its
+    square root is the angle turned per step: the effective learning rate on the sphere settles where
+    weight decay's shrinking balances the gradient's growth of |theta|, independent of the gradient."""
+    return 2.0 * lr * wd / (1.0 + momentum)

@@ -1,6 +1,6 @@
 """Stochastic collapse as Tasks: ensembles of independent SGD trajectories, one model holding all the
 replicas of every setting of a sweep (their losses summed, so each replica gets its own gradient),
-against the Lyapunov exponents of small_tasks/collapse.py.
+against the Lyapunov exponents of small_tasks/sgd/collapse.py.
 
     python train.py configs/small_tasks/stochastic_collapse.toml          # quartic well, sweep of zeta
     python train.py configs/small_tasks/stochastic_collapse_neuron.toml   # single neuron, zeta and lr
@@ -23,13 +23,19 @@ import torch.nn as nn
 import optim
 from configs import Config, at_least, non_negative, positive, require
 from runtime import Context
-from small_tasks import collapse
-from small_tasks.law_plots import plt
-from small_tasks.records import sgd_settings
-from tasks import SmallTask, check
+from small_tasks.sgd import collapse
+from small_tasks.toolkit.base import SmallTask, check
+from small_tasks.toolkit.plots import finish, plt
+from small_tasks.toolkit.records import sgd_settings
 
 KS_LEVEL = 0.01  # the stationary histogram fits the density when the KS distance is below its 1% critical value
 CLEAR_SE = 3.0  # a sweep point is on a side of 1/2 only when it is this many binomial standard errors away
+# A point's outcome by step T is decided by the drift of log|theta| only when the drift |lambda| T beats this
+# many diffusion spreads sqrt(lr zeta^2 T); nearer the threshold only the measured exponent can tell
+DECISIVE_SPREADS = 2.0
+EXPONENT_LEVEL = 0.01  # measured against predicted exponents: family-wise false-alarm level of the z-scores
+MIN_GAIN_SAMPLES = 10_000  # replica-steps near 0 that make a point's exponent measurable
+LINEAR_EPS = 1e-4  # |theta| below this is linear: the cubic term changes the gain by lr theta^2 <= 1e-8 lr
 
 
 @dataclass
@@ -77,25 +83,68 @@ def check_ensemble(tc: QuarticConfig | NeuronConfig) -> None:
     non_negative("task", zeta=tc.zeta)
 
 
-def sweep_check(values: list[float], fractions: np.ndarray, exponents: list[float], replicas: int) -> dict[str, Any]:
-    """Each point must collapse (fraction > 1/2) where the exponent is negative and survive where it is
-    positive, each clearly (by more than CLEAR_SE binomial standard errors), and the sweep must hold
-    points on both sides: a sweep that does not bracket the threshold, a wrong threshold, too few
-    replicas or too short a run (trajectories still on their way) fail."""
+def decisive(exponent: float, spread: float, steps: int) -> bool:
+    """Whether the drift of log|theta| over ``steps`` (exponent * steps) beats DECISIVE_SPREADS diffusion
+    spreads sqrt(spread^2 steps), spread^2 the per-step variance of log|1 + c|: only then does the
+    fraction below collapse_eps at the end say which side of the threshold a point is on."""
+    return abs(exponent) * steps >= DECISIVE_SPREADS * spread * math.sqrt(steps)
+
+
+def sweep_check(
+    values: list[float], fractions: np.ndarray, exponents: list[float], replicas: int, decided: list[bool] | None = None
+) -> dict[str, Any]:
+    """Each decided point (``decided``, default all) must collapse (fraction > 1/2) where the exponent is
+    negative and survive where it is positive, each clearly (by more than CLEAR_SE binomial standard
+    errors), and the decided points must lie on both sides: a sweep that does not bracket the threshold,
+    a wrong threshold, too few replicas or too short a run (trajectories still on their way) fail. Points
+    too near the threshold to be decided by step T are left to ``exponent_check``."""
+    decided = [True] * len(values) if decided is None else list(decided)
+    keep = np.nonzero(decided)[0]
     se = math.sqrt(0.25 / replicas)
-    predicted = ["collapse" if e < 0 else "survive" for e in exponents]
-    observed = ["collapse" if f > 0.5 else "survive" for f in fractions]
-    clear = bool(np.all(np.abs(np.asarray(fractions) - 0.5) > CLEAR_SE * se))
+    predicted = ["collapse" if exponents[i] < 0 else "survive" for i in keep]
+    observed = ["collapse" if fractions[i] > 0.5 else "survive" for i in keep]
+    clear = bool(np.all(np.abs(np.asarray(fractions)[keep] - 0.5) > CLEAR_SE * se))
     both = len(set(predicted)) == 2
     return check(
         both and clear and predicted == observed,
         predicted,
-        [round(float(f), 4) for f in fractions],
-        values=list(values),
+        [round(float(fractions[i]), 4) for i in keep],
+        values=[values[i] for i in keep],
+        undecided_by_the_last_step=[values[i] for i in range(len(values)) if not decided[i]],
         exponents=[float(f"{e:.4g}") for e in exponents],
         standard_error=round(se, 4),
         brackets_threshold=both,
         clear=clear,
+    )
+
+
+def exponent_check(
+    values: list[float], predicted: list[float], measured: np.ndarray, se: np.ndarray, samples: np.ndarray
+) -> dict[str, Any]:
+    """The measured exponent (the mean per-step log|theta_{n+1} / theta_n| of the replica-steps with
+    |theta_n| < LINEAR_EPS) against the predicted one, at every point with MIN_GAIN_SAMPLES samples:
+    within the Bonferroni bound of EXPONENT_LEVEL in standard errors (the increments are martingale
+    differences, so the standard error is the sample std / sqrt(samples) however long a replica stays),
+    and of the predicted sign by more than CLEAR_SE standard errors, with measured points on both sides
+    of zero. A wrong exponent (the continuous lr (mu - zeta^2 / 2) between the continuous threshold and
+    the discrete one, where the two differ in sign), momentum, or points too near zero to resolve fail."""
+    keep = np.nonzero(np.asarray(samples) >= MIN_GAIN_SAMPLES)[0]
+    pred, meas, err = np.asarray(predicted)[keep], np.asarray(measured)[keep], np.asarray(se)[keep]
+    z = np.abs(meas - pred) / err if len(keep) else np.array([np.inf])
+    tail = torch.tensor(1.0 - EXPONENT_LEVEL / (2 * max(len(keep), 1)), dtype=torch.float64)
+    z_max = float(torch.special.ndtri(tail))
+    signed = bool(len(keep)) and bool(np.all((np.sign(meas) == np.sign(pred)) & (np.abs(meas) > CLEAR_SE * err)))
+    both = len(set(np.sign(pred).tolist())) == 2
+    return check(
+        bool(both and signed and np.max(z) <= z_max),
+        {"exponents": [float(f"{e:.4g}") for e in pred], "z_max": round(z_max, 3), "sign_by_se": CLEAR_SE},
+        [float(f"{e:.4g}") for e in meas],
+        values=[values[i] for i in keep],
+        standard_errors=[float(f"{e:.2g}") for e in err],
+        max_z=round(float(np.max(z)), 3),
+        sign_resolved=signed,
+        both_signs=both,
+        unmeasured=[values[i] for i in range(len(values)) if i not in set(keep.tolist())],
     )
 
 
@@ -105,6 +154,8 @@ class Replicas(nn.Module):
     def __init__(self, starts: list[torch.Tensor]):
         super().__init__()
         self.settings = nn.ParameterList(nn.Parameter(s) for s in starts)
+        # per setting: sum, sum of squares and count of log|theta_{n+1} / theta_n| where |theta_n| < LINEAR_EPS
+        self.register_buffer("gain", torch.zeros(3, len(starts), dtype=torch.float64))
 
     def stacked(self) -> torch.Tensor:
         return torch.stack(list(self.settings))
@@ -170,6 +221,7 @@ class StochasticCollapseTask(CollapseTask):
 
     def loss(self, model: nn.Module, batch: Any, micro_index: int) -> torch.Tensor:
         theta = self.model.stacked()
+        self.before = theta.detach().clone()
         sq = theta.square()
         noise = self.zeta_rows / math.sqrt(self.lr) * batch
         return (-0.5 * self.tc.mu * sq + 0.25 * sq.square() - 0.5 * noise * sq).sum()
@@ -177,6 +229,21 @@ class StochasticCollapseTask(CollapseTask):
     @property
     def tokens_per_micro_batch(self) -> int:
         return len(self.zetas) * self.tc.replicas
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Accumulate the per-step log gain of the replicas in the linear region (the exponent's estimate)."""
+        with torch.no_grad():
+            old, new = self.before.abs(), self.model.stacked().abs()
+            near = (old < LINEAR_EPS) & (old > 1e-280) & (new > 0)
+            g = torch.where(near, torch.log(new / torch.where(near, old, 1.0)), 0.0)
+            self.model.gain += torch.stack([g.sum(1), g.square().sum(1), near.sum(1).double()])
+
+    def measured_exponents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean log gain, its standard error, samples) per setting, from the linear region."""
+        s, q, n = self.model.gain.cpu().numpy()
+        mean = s / np.maximum(n, 1)
+        se = np.sqrt(np.maximum(q / np.maximum(n, 1) - mean**2, 0.0) / np.maximum(n, 1))
+        return mean, se, n
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The noise-free loss -mu theta^2/2 + theta^4/4, averaged over all replicas."""
@@ -190,9 +257,17 @@ class StochasticCollapseTask(CollapseTask):
         fractions = (theta < tc.collapse_eps).mean(axis=1)
         threshold = collapse.quartic_threshold(lr, tc.mu, wd)
         exponents = [collapse.quartic_lyapunov(lr, tc.mu, z, wd) for z in tc.sweep]
+        steps = self.cfg.train.max_steps
+        decided = [decisive(e, math.sqrt(lr) * z, steps) for e, z in zip(exponents, tc.sweep)]
         notes = self.notes()
         extra = {"notes": notes} if notes else {}
-        checks = {"collapse_threshold": {**sweep_check(tc.sweep, fractions[:-1], exponents, tc.replicas), **extra}}
+        sweep = sweep_check(tc.sweep, fractions[:-1], exponents, tc.replicas, decided)
+        measured, se, samples = self.measured_exponents()
+        k = len(tc.sweep)
+        checks = {
+            "collapse_threshold": {**sweep, **extra},
+            "collapse_exponent": {**exponent_check(tc.sweep, exponents, measured[:k], se[:k], samples[:k]), **extra},
+        }
         z_exp = collapse.quartic_lyapunov(lr, tc.mu, tc.zeta, wd)
         if z_exp > 0 and collapse.quartic_shape(tc.mu, tc.zeta, wd) > 0:
             d = collapse.ks_statistic(theta[-1], lambda x: collapse.quartic_cdf(x, tc.mu, tc.zeta, wd))
@@ -222,7 +297,11 @@ class StochasticCollapseTask(CollapseTask):
                 "threshold_continuous": collapse.quartic_threshold_continuous(tc.mu, wd),
                 "exponents": exponents,
             },
-            "observed": {"collapsed_fraction": fractions[:-1].round(4).tolist(), "zeta_fraction": float(fractions[-1])},
+            "observed": {
+                "collapsed_fraction": fractions[:-1].round(4).tolist(),
+                "zeta_fraction": float(fractions[-1]),
+                "exponents": [float(f"{e:.4g}") for e in measured[:k]],
+            },
             "checks": checks,
         }
 
@@ -250,9 +329,7 @@ class StochasticCollapseTask(CollapseTask):
             right.legend(fontsize=7)
         else:
             right.text(0.5, 0.5, f"zeta = {tc.zeta:g}: no stationary density (collapse)", ha="center")
-        fig.tight_layout()
-        fig.savefig(self.ctx.run_dir / "collapse.png", dpi=110)
-        plt.close(fig)
+        finish(fig, self.ctx.run_dir / "collapse.png")
 
 
 class NeuronCollapseTask(CollapseTask):
@@ -366,6 +443,4 @@ class NeuronCollapseTask(CollapseTask):
             ax.set_ylabel(f"P(|w| < {tc.collapse_eps:g})")
             ax.set_title(f"single tanh neuron, {fixed}", fontsize=9)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(self.ctx.run_dir / "collapse.png", dpi=110)
-        plt.close(fig)
+        finish(fig, self.ctx.run_dir / "collapse.png")

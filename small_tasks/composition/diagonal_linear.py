@@ -23,8 +23,9 @@ import torch.nn as nn
 import optim
 from configs import Config, UserError
 from runtime import Context
-from small_tasks import agf, plots, staircase
-from tasks import SmallTask, check
+from small_tasks.composition import agf
+from small_tasks.toolkit import plots, staircase
+from small_tasks.toolkit.base import SmallTask, check
 
 LEVEL_TOL = 0.02  # AGF's loss levels must match the plateaus within 2%
 JUMP_TOL = 0.25  # and its jump steps the observed drops within 25%

@@ -27,16 +27,19 @@ import torch.nn as nn
 
 from configs import Config, UserError
 from runtime import Context
-from small_tasks import linear_theory as lt
-from small_tasks.theory_plots import Panel, SweepPanel, plot_panels, plot_sweeps
-from small_tasks.trajectory import Recorder, flow_times, record_steps
-from tasks import EnsembleTask, check
+from small_tasks.linear import theory as lt
+from small_tasks.toolkit.base import EnsembleTask, check
+from small_tasks.toolkit.plots import Panel, SweepPanel, plot_panels, plot_sweeps
+from small_tasks.toolkit.records import Recorder, flow_times, record_steps
 
 PRODUCT_TOL = 0.01  # ||W2 W1 - closed form||_F / ||Sigma_yx||_F at every recorded step
 BALANCE_TOL = 0.01  # ||W2^T W2 - W1 W1^T - lambda I||_F / ||Sigma_yx||_F at every recorded step
 HALF_TIME_TOL = 0.02  # relative error of each aligned mode's time to half-learn
-KERNEL_TOL = 0.05  # relative error of each network's final kernel distance
-KERNEL_FLOOR = 1e-4  # ... or this absolute error, for the lazy networks whose kernel barely moves
+KERNEL_TOL = 0.05  # relative error of each network's final kernel distance, however small the distance
+# Below this predicted distance 1 - cos is round-off of float64 (the cosine of two kernels that agree to 1e-8
+# in norm): the match is declared not applicable for that network, never passed. GD's own deviation from
+# the flow is relative (first order in lr: 0.1% at lambda = 4 and 0.6% at lambda = 16, distance 1.6e-4).
+KERNEL_RESOLVED = 1e-9
 DATA, INIT = 0, 1  # random streams: the data instance from task.data_seed, the init from run.seed
 RECORDS = 120  # states kept per network
 
@@ -236,11 +239,16 @@ class LazyRichTask(EnsembleTask):
         return check(passed, expected, observed, rel_error=[round(e, 5) for e in errors], tolerance=HALF_TIME_TOL)
 
     def kernel_checks(self, w1: np.ndarray, w2: np.ndarray, theory: list[np.ndarray]) -> dict[str, Any]:
-        """The NTK's distance from its initial value at the end of the run, for each sweep network: within 5%
-        (or 1e-4) of the closed form's, and strictly falling in |lambda| on each side of 0, the paper's claim.
-        The closed form itself predicts no fall for lambda < 0 when d_in > hidden (W1 is large and must turn
-        its row space: a delayed rich regime), and such a run fails; so does one whose kernel the flow
-        does not predict (weight decay, momentum)."""
+        """The NTK's distance from its initial value at the end of the run, for each sweep network, against the
+        closed form's: within KERNEL_TOL relative (networks whose predicted distance is below KERNEL_RESOLVED
+        are listed as not applicable; if none is left the check fails). Then its order in |lambda| on each side
+        of 0: for every pair of neighbours in |lambda| the closed form resolves (predicted gap larger than
+        4 KERNEL_TOL of the larger distance), the run must order them as the closed form does, with at least
+        half the predicted gap: a fall where it predicts the paper's fall, a rise where it predicts none
+        (d_in > hidden with lambda < 0: W1 is large and must turn its row space, a delayed rich regime). A run
+        within KERNEL_TOL of the closed form keeps at least half of a resolved gap, so the size asked for is
+        the theory's; a run whose kernels move alike (Adam, momentum, strong weight decay) ties and fails, and
+        so does a sweep with no resolved pair (nothing tested)."""
         first = 2
         lams = np.array(self.lambdas[first:])
         t = lambda m: np.swapaxes(m, -2, -1)
@@ -252,24 +260,39 @@ class LazyRichTask(EnsembleTask):
             _, a, m = lt.blocks(q, self.tc.d_in)
             expected.append(float(lt.ntk_distance(a[0], m[0], a[-1], m[-1])))
         expected = np.array(expected)
-        err = np.abs(observed - expected)
-        match = bool(np.all(err <= np.maximum(KERNEL_TOL * expected, KERNEL_FLOOR)))
-        falls, predicted_falls = True, True
-        for sign in (1.0, -1.0):
+        resolved = expected >= KERNEL_RESOLVED
+        rel_err = np.abs(observed - expected) / np.where(resolved, expected, 1.0)
+        match = bool(resolved.any() and np.all(rel_err[resolved] <= KERNEL_TOL))
+        pairs, agree, predicted_falls = [], [], {}
+        for sign, side_name in ((1.0, "lambda >= 0"), (-1.0, "lambda <= 0")):
             side = [i for i in np.argsort(np.abs(lams), kind="stable") if lams[i] * sign >= 0]
-            falls &= all(observed[i] > observed[j] for i, j in zip(side, side[1:]))
-            predicted_falls &= all(expected[i] > expected[j] for i, j in zip(side, side[1:]))
+            falls = []
+            for i, j in zip(side, side[1:]):
+                gap = expected[i] - expected[j]
+                if abs(gap) <= 4 * KERNEL_TOL * max(expected[i], expected[j]):
+                    continue  # the closed form does not resolve this pair: no prediction to test
+                pairs.append(f"{lams[i]:g} -> {lams[j]:g}: {'fall' if gap > 0 else 'rise'}")
+                agree.append(bool((observed[i] - observed[j]) / gap >= 0.5))
+                falls.append(bool(gap > 0))
+            predicted_falls[side_name] = bool(falls) and all(falls)
         self.kernel = (lams, expected, observed)
         as_dict = lambda v: {f"{lam:g}": round(float(x), 6) for lam, x in zip(lams, v)}
         return {
             "kernel_distance_matches_closed_form": check(
-                match, as_dict(expected), as_dict(observed), tolerance=f"{KERNEL_TOL:.0%} or {KERNEL_FLOOR}"
+                match,
+                as_dict(expected),
+                as_dict(observed),
+                tolerance=f"{KERNEL_TOL:.0%} relative",
+                not_applicable=[f"{lam:g}" for lam, r in zip(lams, resolved) if not r],
             ),
             "kernel_distance_falls_with_abs_lambda": check(
-                bool(falls),
-                "strictly decreasing in |lambda| for lambda >= 0 and for lambda <= 0",
+                bool(pairs) and all(agree),
+                {"pairs": pairs, "falls_on_every_pair": predicted_falls},
                 as_dict(observed),
-                predicted_to_fall=bool(predicted_falls),
+                agrees=agree,
+                claim="ordered in |lambda| on each side of 0 as the closed form predicts: the paper's fall where "
+                "it predicts one, the delayed rich regime's rise where it does not, each gap at least half the "
+                "predicted one",
             ),
         }
 

@@ -1,7 +1,7 @@
 """Small-init dynamics of one attention layer whose logits are learned through q . k, in closed form where
 it exists and by exact numerical minimisation where it does not.
 
-The layer of small_tasks/attention_mechanism.py sees one-hot tokens, so a head's logit between a query
+The layer of small_tasks/attention/mechanism.py sees one-hot tokens, so a head's logit between a query
 token a and a key token b is an entry of the V x V matrix Lambda_h = c W_Q^T W_K (c = 1/sqrt(head_dim)),
 plus c bQ^T W_K e_b in the modes with a query bias. Everything here works on the *reduced model*: the
 same loss written as a function of logit matrices, the fixed values and the output bias, so the theory
