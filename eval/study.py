@@ -476,7 +476,8 @@ def plot(study: Study, results: dict[str, dict[int, dict]], comps: list[dict], t
         ax.set_title(opt)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # an optimizer none of whose arms has finished a seed yet
+            ax.legend(fontsize=6)
     finals = [r["final"] for runs in results.values() for r in runs.values() if math.isfinite(r["final"])]
     if finals:
         axes[0][0].set_ylim(min(finals) - 0.05, max(finals) + 0.5)
