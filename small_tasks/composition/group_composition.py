@@ -216,7 +216,7 @@ class GroupCompositionTask(SmallTask):
         schedule, or clipping (which rescales time along the same path, so the order and levels still hold)."""
         if self.cfg.optim.schedule != "constant" or self.cfg.optim.grad_clip > 0:
             return None
-        o = optim.settings(self.cfg.optim)
+        o = self.optim_options
         return o.lr / (1 - getattr(o, "momentum", 0.0))
 
     def theory_applies(self) -> bool:

@@ -143,7 +143,7 @@ class GetRichQuickTask(EnsembleTask):
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The optimizer's groups (weight decay as configured), split so that a and w take lr * eta_a and lr * eta_w."""
-        lr = optim.settings(self.cfg.optim).lr
+        lr = self.optim_options.lr
         rate = {id(model.a): self.tc.eta_a, id(model.w): self.tc.eta_w}
         return [
             {**g, "params": [p], "lr": lr * rate[id(p)]}
@@ -178,7 +178,7 @@ class GetRichQuickTask(EnsembleTask):
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         rec = self.recorder
         taken = rec.taken("a")
-        times = flow_times(self.cfg, rec.steps)[taken]
+        times = flow_times(self.cfg, self.optim_options, rec.steps)[taken]
         a, w = rec.numpy("a")[taken], rec.numpy("w")[taken]  # (T, K), (T, K, d)
         checks = {
             **self.closed_form_checks(times, a, w),
@@ -240,7 +240,7 @@ class GetRichQuickTask(EnsembleTask):
         loss_obs = np.concatenate([[np.full(len(self.models), np.nan)], per_step[:, 0]])
         angle_obs = np.concatenate([[np.zeros(len(self.models))], per_step[:, 1]])
         loss_obs[0] = [0.5 * np.sum((a * w - self.beta_star) ** 2) for a, w in zip(self.a0, self.w0)]
-        flow = flow_times(self.cfg, np.arange(len(per_step) + 1))
+        flow = flow_times(self.cfg, self.optim_options, np.arange(len(per_step) + 1))
         loss_th, angle_th = [], []
         for m in self.models:
             a_th, w_th = m.state(flow)
