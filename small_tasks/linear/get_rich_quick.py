@@ -32,6 +32,7 @@ import optim
 from configs import Config, UserError
 from runtime import Context
 from small_tasks.linear import theory as lt
+from small_tasks.linear.relu_theory import relu_ntk
 from small_tasks.toolkit.base import EnsembleTask, check
 from small_tasks.toolkit.plots import Panel, SweepPanel, plot_families, plot_panels, plot_sweeps
 from small_tasks.toolkit.records import Recorder, flow_times, record_steps
@@ -527,11 +528,7 @@ class UnbalancedReLUTask(EnsembleTask):
 
     def kernel(self, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The NTK on the training inputs: relu(XW^T) relu(XW^T)^T + (X X^T) * (G diag(a^2) G^T), G = 1[XW^T > 0]."""
-        pre = self.x @ w.transpose(1, 2)
-        act, gate = torch.relu(pre), (pre > 0).double()
-        return act @ act.transpose(1, 2) + (self.x @ self.x.transpose(1, 2)) * (
-            (gate * a[:, None, :] ** 2) @ gate.transpose(1, 2)
-        )
+        return relu_ntk(self.x, w, a)
 
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         tc = self.tc
