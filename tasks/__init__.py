@@ -22,13 +22,19 @@ TASKS: dict[str, str] = {
     "lazy_rich": "small_tasks.linear.lazy_rich:LazyRichTask",
     "get_rich_quick": "small_tasks.linear.get_rich_quick:GetRichQuickTask",
     "get_rich_quick_relu": "small_tasks.linear.get_rich_quick:UnbalancedReLUTask",
+    "get_rich_quick_phase": "small_tasks.linear.relu_phase:ReLUPhaseTask",
+    "grokking_upstream": "small_tasks.linear.grokking:UpstreamGrokkingTask",
     "quasi_homogeneous": "small_tasks.linear.quasi_homogeneous:QuasiHomogeneousTask",
     "conservation_laws": "small_tasks.sgd.conservation_laws:ConservationLawsTask",
     "stochastic_collapse": "small_tasks.sgd.stochastic_collapse:StochasticCollapseTask",
     "stochastic_collapse_neuron": "small_tasks.sgd.stochastic_collapse:NeuronCollapseTask",
+    "collapse_generalization": "small_tasks.sgd.collapse_generalization:CollapseGeneralizationTask",
     "limiting_dynamics": "small_tasks.sgd.limiting_dynamics:LimitingDynamicsTask",
+    "limiting_scaling": "small_tasks.sgd.limiting_scaling:LimitingScalingTask",
     "gpt_symmetries": "small_tasks.sgd.gpt_symmetries:GPTSymmetriesTask",
+    "normalised_equilibrium": "small_tasks.sgd.normalised_equilibrium:NormalisedEquilibriumTask",
     "attention_mechanism": "small_tasks.attention.mechanism:AttentionMechanismTask",
+    "attention_linear_icl": "small_tasks.attention.in_context:LinearICLTask",
 }
 
 

@@ -148,7 +148,7 @@ class AttentionMechanismTask(EnsembleTask):
         tokens, values, y = self.tokens.cpu(), self.values.cpu(), self.y.cpu()
         level0, g = th.first_plateau(tokens, values, y, tc.attention)
         level1 = th.rank_one_level(tokens, values, y, tc.heads, tc.attention)
-        sgd = sgd_settings(self.cfg, 1)
+        sgd = sgd_settings(self.cfg, self.optim_options, 1)
         lr_eff = float(sgd.lrs[0]) / (1.0 - sgd.momentum)
         mu = torch.full((tc.head_dim,), self.spec.mean("q"), dtype=torch.float64)
         return {
@@ -245,7 +245,7 @@ class AttentionMechanismTask(EnsembleTask):
         """Symmetric: the charge follows noether's quadratic law (exact for heavy-ball SGD, step corrections
         included) to round-off, per copy and head. With bQ the q/k rotations are no symmetry: the law must
         miss by BROKEN_FACTOR x the tolerance. Fails under Adam (no such law) or with bQ expected unbroken."""
-        sgd = sgd_settings(self.cfg, n)
+        sgd = sgd_settings(self.cfg, self.optim_options, n)
         wd = {float(g["weight_decay"]) for g in self.groups if any(p is self.model.wq for p in g["params"])}
         charge, kinetic = self.rec.numpy("charge", n + 1), self.rec.numpy("kinetic", n)
         size = self.rec.numpy("size", n + 1).max(0)  # per copy: the largest |W_Q|^2 + |W_K|^2 of a head
@@ -282,7 +282,7 @@ class AttentionMechanismTask(EnsembleTask):
         SEEDED_FRACTION of that. A copy that never escapes fails either."""
         pred = self.theory["saddle_slope"]
         x = [math.log(1.0 / a) for a in self.tc.init_scales]
-        notes = sgd_settings(self.cfg, 1).notes  # the slope is derived for SGD
+        notes = sgd_settings(self.cfg, self.optim_options, 1).notes  # the slope is derived for SGD
         extra = {"escape_steps": escapes, **({"notes": notes} if notes else {})}
         if any(e is None for e in escapes):
             return check(False, "every copy escapes the first plateau", None, predicted_saddle_slope=pred, **extra)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import optim
 from configs import Config, UserError
 from runtime import Context
 from small_tasks.composition import agf
@@ -103,7 +102,7 @@ class DiagonalLinearTask(SmallTask):
             return {"beta": [float(f"{v:.6g}") for v in (model.u * model.v).tolist()]}
 
     def lr(self) -> float:
-        return optim.settings(self.cfg.optim).lr
+        return self.optim_options.lr
 
     def predicted_steps(self) -> list[float]:
         return [t / self.lr() for t in self.prediction.times]

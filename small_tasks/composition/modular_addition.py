@@ -117,6 +117,9 @@ class ModularAdditionTask(GroupCompositionTask):
     def predicted_curve(self, pred: dict) -> tuple[list[float], list[float]] | None:
         return (pred["agf"]["staircase"]["steps"], pred["agf"]["staircase"]["levels"]) if "agf" in pred else None
 
+    def depth_applies(self) -> bool:
+        return False  # one quadratic layer on a pair: no deeper composer to read a staircase of
+
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         out = super().finish(model, history)
         if self.tc.restart_agf and self.theory_applies():

@@ -32,6 +32,7 @@ import optim
 from configs import Config, UserError
 from runtime import Context
 from small_tasks.linear import theory as lt
+from small_tasks.linear.relu_theory import relu_ntk
 from small_tasks.toolkit.base import EnsembleTask, check
 from small_tasks.toolkit.plots import Panel, SweepPanel, plot_families, plot_panels, plot_sweeps
 from small_tasks.toolkit.records import Recorder, flow_times, record_steps
@@ -143,7 +144,7 @@ class GetRichQuickTask(EnsembleTask):
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The optimizer's groups (weight decay as configured), split so that a and w take lr * eta_a and lr * eta_w."""
-        lr = optim.settings(self.cfg.optim).lr
+        lr = self.optim_options.lr
         rate = {id(model.a): self.tc.eta_a, id(model.w): self.tc.eta_w}
         return [
             {**g, "params": [p], "lr": lr * rate[id(p)]}
@@ -178,7 +179,7 @@ class GetRichQuickTask(EnsembleTask):
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         rec = self.recorder
         taken = rec.taken("a")
-        times = flow_times(self.cfg, rec.steps)[taken]
+        times = flow_times(self.cfg, self.optim_options, rec.steps)[taken]
         a, w = rec.numpy("a")[taken], rec.numpy("w")[taken]  # (T, K), (T, K, d)
         checks = {
             **self.closed_form_checks(times, a, w),
@@ -240,7 +241,7 @@ class GetRichQuickTask(EnsembleTask):
         loss_obs = np.concatenate([[np.full(len(self.models), np.nan)], per_step[:, 0]])
         angle_obs = np.concatenate([[np.zeros(len(self.models))], per_step[:, 1]])
         loss_obs[0] = [0.5 * np.sum((a * w - self.beta_star) ** 2) for a, w in zip(self.a0, self.w0)]
-        flow = flow_times(self.cfg, np.arange(len(per_step) + 1))
+        flow = flow_times(self.cfg, self.optim_options, np.arange(len(per_step) + 1))
         loss_th, angle_th = [], []
         for m in self.models:
             a_th, w_th = m.state(flow)
@@ -527,11 +528,7 @@ class UnbalancedReLUTask(EnsembleTask):
 
     def kernel(self, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The NTK on the training inputs: relu(XW^T) relu(XW^T)^T + (X X^T) * (G diag(a^2) G^T), G = 1[XW^T > 0]."""
-        pre = self.x @ w.transpose(1, 2)
-        act, gate = torch.relu(pre), (pre > 0).double()
-        return act @ act.transpose(1, 2) + (self.x @ self.x.transpose(1, 2)) * (
-            (gate * a[:, None, :] ** 2) @ gate.transpose(1, 2)
-        )
+        return relu_ntk(self.x, w, a)
 
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         tc = self.tc

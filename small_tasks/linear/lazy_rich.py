@@ -151,7 +151,7 @@ class LazyRichTask(EnsembleTask):
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         rec = self.recorder
         taken = rec.taken("w1")
-        times = flow_times(self.cfg, rec.steps)[taken]
+        times = flow_times(self.cfg, self.optim_options, rec.steps)[taken]
         w1, w2 = rec.numpy("w1")[taken], rec.numpy("w2")[taken]
         theory = [lt.riccati_qqt(w1_0, w2_0, self.teacher, lam, times) for w1_0, w2_0, lam in self.networks()]
         prod_obs = w2 @ w1
@@ -208,7 +208,7 @@ class LazyRichTask(EnsembleTask):
         s0, lam = self.tc.init_scale, self.tc.lambda_
         trace = self.modes.cpu().numpy()
         max_steps = len(trace)
-        flow = flow_times(self.cfg, np.arange(max_steps + 1))
+        flow = flow_times(self.cfg, self.optim_options, np.arange(max_steps + 1))
         expected, observed, errors = [], [], []
         for i, target in enumerate(self.mode_targets):
             if not s0 < target / 2:

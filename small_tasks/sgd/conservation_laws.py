@@ -338,7 +338,7 @@ class ConservationLawsTask(SmallTask):
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         n = int(np.isfinite(self.record.numpy("scale", self.n_steps + 1)).sum()) - 1
         rec = self.records(n)
-        sgd = sgd_settings(self.cfg, n)
+        sgd = sgd_settings(self.cfg, self.optim_options, n)
         out = law_checks(rec, sgd, self.wd, self.cfg.optim.grad_clip)
         self.plot(rec, out["predicted"], sgd)
         pred = out["predicted"]

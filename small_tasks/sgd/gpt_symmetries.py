@@ -73,6 +73,7 @@ class GPTSymmetriesTask(LMTask):
         # the LM task takes no task keys of its own
         super().__init__(dataclasses.replace(cfg, task={"name": cfg.task["name"]}), ctx)
         self.cfg = cfg
+        self.optim_options = optim.settings(cfg.optim)  # read once, as SmallTask does
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
@@ -213,7 +214,7 @@ class GPTSymmetriesTask(LMTask):
         remove it ("qk", "vo"), the law and the angular momentum must miss by BROKEN_FACTOR x tolerance."""
         rec = self.records()
         n = len(rec["kinetic_scale"])
-        sgd = sgd_settings(self.cfg, n)
+        sgd = sgd_settings(self.cfg, self.optim_options, n)
         tol, translation_tol = self.tolerances()
         t = self.model.transformer
         attn = [
@@ -283,7 +284,7 @@ class GPTSymmetriesTask(LMTask):
         out = super().finish(model, history)
         spec = self.model.bias_spec
         checks, rec, predicted = self.analyse({"qk": spec.has_q, "vo": spec.has_v})
-        self.plot(rec, predicted, sgd_settings(self.cfg, len(rec["kinetic_scale"])))
+        self.plot(rec, predicted, sgd_settings(self.cfg, self.optim_options, len(rec["kinetic_scale"])))
         return {
             **out,
             "observed": {

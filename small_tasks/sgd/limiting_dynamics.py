@@ -234,9 +234,9 @@ class LimitingDynamicsTask(SmallTask):
 
     def finish(self, model: nn.Module, history: list[dict]) -> dict[str, Any]:
         n = self.steps_done()
-        sgd = sgd_settings(self.cfg, n)
+        sgd = sgd_settings(self.cfg, self.optim_options, n)
         notes = list(sgd.notes) + ([] if sgd.constant_lr else ["the stationary state needs a constant lr"])
-        nesterov = sgd.momentum > 0 and bool(optim.settings(self.cfg.optim).nesterov)
+        nesterov = sgd.momentum > 0 and bool(self.optim_options.nesterov)
         out = self.analyse(float(sgd.lrs[0]), sgd.momentum, notes, heavy_ball=not nesterov)
         if "plot" in out:
             self.plot(*out.pop("plot"), float(sgd.lrs[0]), sgd.momentum)

@@ -50,6 +50,17 @@ def transitions(h: np.ndarray, lr: float, wd: float, momentum: float) -> np.ndar
     return a
 
 
+def pair_response(a: np.ndarray, feedback: np.ndarray | float = 0.0) -> np.ndarray:
+    """U_jk (d, d, 2, 2) solving U_jk = A_j U_jk A_k^T + P for every pair of directions (P = [[1, 1], [1, 1]]:
+    a unit noise kick that moves position and step alike), with ``feedback`` (d, d, 4, 4) added to the
+    map on vec(U) where the noise depends on the state. The stationary covariance of noise that enters
+    direction pair (j, k) with weight w_jk is w_jk U_jk. Row-major vec: vec(A X B^T) = (A kron B) vec(X)."""
+    d = len(a)
+    kron = np.einsum("iab,jcd->ijacbd", a, a).reshape(d, d, 4, 4)
+    m = np.eye(4) - kron - feedback
+    return np.linalg.solve(m, np.broadcast_to(np.ones(4), (d, d, 4))[..., None])[..., 0].reshape(d, d, 2, 2)
+
+
 def offset(h: np.ndarray, theta_star: np.ndarray, wd: float) -> np.ndarray:
     """b = theta_wd - theta* = -wd theta* / (h + wd)."""
     return -wd * np.asarray(theta_star, dtype=np.float64) / (np.asarray(h, dtype=np.float64) + wd)
@@ -65,16 +76,13 @@ def stationary(
 ) -> Stationary:
     """The stationary second moments of (delta, p); raises ValueError where none exists (unstable)."""
     h = np.asarray(h, dtype=np.float64)
-    d = len(h)
     a = transitions(h, lr, wd, momentum)
     b = offset(h, theta_star, wd)
     c = lr * lr / batch
     p = np.ones(4)  # vec of [[1, 1], [1, 1]]
-    # X_jk = A_j X A_k^T + c h_j h_k X_00 P + d_jk P, row-major vec: vec(A X B^T) = (A kron B) vec(X)
-    kron = np.einsum("iab,jcd->ijacbd", a, a).reshape(d, d, 4, 4)
+    # X_jk = A_j X A_k^T + c h_j h_k X_00 P + d_jk P: the multiplicative noise feeds X_00 back
     feedback = c * (h[:, None] * h[None, :])[..., None, None] * np.outer(p, np.eye(4)[0])
-    m = np.eye(4) - kron - feedback
-    unit = np.linalg.solve(m, np.broadcast_to(p, (d, d, 4))[..., None])[..., 0].reshape(d, d, 2, 2)
+    unit = pair_response(a, feedback)
     # Z_jk = d_jk * unit_jk, d_jk = c (h_j h_k b_j b_k + [j == k] h_j (T + sigma^2)); solve for T first
     u00 = np.diagonal(unit[:, :, 0, 0])
     slope = float(np.sum(c * h * h * u00))

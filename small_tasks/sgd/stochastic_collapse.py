@@ -168,7 +168,7 @@ class CollapseTask(SmallTask):
 
     def __init__(self, cfg: Config, ctx: Context):
         super().__init__(cfg, ctx)
-        self.lr = optim.settings(cfg.optim).lr
+        self.lr = self.optim_options.lr
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """One group per setting, at its learning rate (``self.lrs``), with the weight decay that
@@ -184,7 +184,7 @@ class CollapseTask(SmallTask):
 
     def notes(self) -> list[str]:
         """Where the run leaves the setting the exponents are derived for (plain SGD at a constant lr)."""
-        sgd = sgd_settings(self.cfg, 1)
+        sgd = sgd_settings(self.cfg, self.optim_options, 1)
         notes = list(sgd.notes)
         if sgd.momentum > 0:
             notes.append("the exponents are derived for plain SGD; momentum accumulates the noise")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import optim
 from configs import Config, UserError, build_section
 from runtime import Context
 from tasks.base import Task
@@ -49,6 +50,9 @@ class SmallTask(Task):
             raise UserError("small tasks train full-batch in one process; use --train.grad_accum=1 without torchrun")
         if self.config_class is not None:
             self.tc = build_section(self.config_class, cfg.task, "task")
+        # The optimizer's typed options (defaults, its table, optim.lr folded in), validated once here
+        # so that the theory reads the same learning rate and momentum the run uses.
+        self.optim_options = optim.settings(cfg.optim)
         self.trace = torch.full((cfg.train.max_steps,), float("nan"), device=ctx.device)
 
     def state_dict(self) -> dict[str, Any]:

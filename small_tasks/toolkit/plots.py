@@ -24,12 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def finish(fig: plt.Figure, path: Path, title: str = "") -> None:
-    """The one way a figure ends: an optional overall title, a tight layout, 110 dpi, closed."""
+def finish(fig: plt.Figure, path: Path, title: str = "", dpi: int = 110) -> None:
+    """The one way a figure ends: an optional overall title, a tight layout, ``dpi`` (110; at most 100 for a
+    figure shipped in docs/img), closed."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 

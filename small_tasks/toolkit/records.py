@@ -23,9 +23,10 @@ from small_tasks.toolkit import noether
 from small_tasks.toolkit.base import check
 
 
-def flow_times(cfg: Config, steps: np.ndarray) -> np.ndarray:
-    """Gradient-flow time after each entry of ``steps`` optimizer steps, from the run's learning rate schedule."""
-    lr = optim.settings(cfg.optim).lr
+def flow_times(cfg: Config, options: Any, steps: np.ndarray) -> np.ndarray:
+    """Gradient-flow time after each entry of ``steps`` optimizer steps, from the run's learning rate schedule
+    (``options``: the optimizer's typed options, ``SmallTask.optim_options``)."""
+    lr = options.lr
     last = int(np.max(steps, initial=0))
     rates = np.array([lr * optim.lr_multiplier(k, cfg.optim, cfg.train.max_steps) for k in range(last)])
     cumulative = np.concatenate([[0.0], np.cumsum(rates)])
@@ -131,10 +132,9 @@ class SGDSettings:
         return bool(np.all(self.lrs == self.lrs[0]))
 
 
-def sgd_settings(cfg: Config, n_steps: int) -> SGDSettings:
+def sgd_settings(cfg: Config, options: Any, n_steps: int) -> SGDSettings:
     """Learning rate per step (the schedule applied to the base lr) and momentum; ``notes`` says where the
     run leaves the laws' assumptions (heavy-ball torch SGD), so that failed checks come with a reason."""
-    options = optim.settings(cfg.optim)
     lrs = options.lr * np.array([optim.lr_multiplier(s, cfg.optim, cfg.train.max_steps) for s in range(n_steps)])
     notes = []
     if cfg.optim.name != "sgdm":
