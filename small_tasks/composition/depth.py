@@ -160,12 +160,7 @@ def plot_staircase(
     for (steps, loss), color, label in curves:
         keep = (steps > 0) & (loss > 0)
         ax.plot(steps[keep], loss[keep], color=color, lw=1.5, label=label)
-    for j, level in enumerate(v for v in levels if v > 0):
-        ax.axhline(level, color="tab:red", ls="--", lw=0.8, label="predicted levels" if j == 0 else None)
-    for j, t in enumerate(drops or []):
-        ax.axvline(t, color="tab:blue", ls=":", lw=0.9, label="predicted drops" if j == 0 else None)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plots.mark_predictions(ax, levels, drops, "predicted levels")
     ax.set_ylim(min(v for v in levels if v > 0) * 1e-3, max(levels) * 2)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

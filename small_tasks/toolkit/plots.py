@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -32,6 +33,16 @@ def finish(fig: plt.Figure, path: Path, title: str = "", dpi: int = 110) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def mark_predictions(ax: Any, levels: list[float], drops: list[float] | None, level_label: str) -> None:
+    """Log-log axes with the predicted nonzero levels (dashed) and drop steps (dotted), each labelled once."""
+    for j, level in enumerate(lv for lv in levels if lv > 0):
+        ax.axhline(level, color="tab:red", ls="--", lw=0.8, label=level_label if j == 0 else None)
+    for j, t in enumerate(drops or []):
+        ax.axvline(t, color="tab:blue", ls=":", lw=0.9, label="predicted drops" if j == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
 
 
 def plot_loss(
@@ -52,12 +63,7 @@ def plot_loss(
         at, lv = predicted_curve
         xs = [max(float(steps[keep][0]), 1.0), *at, float(steps[-1])]
         ax.step(xs, [*lv, lv[-1]], where="post", color="tab:orange", lw=1.2, ls="-", label="AGF prediction")
-    for j, level in enumerate(lv for lv in levels if lv > 0):
-        ax.axhline(level, color="tab:red", ls="--", lw=0.8, label="predicted plateaus" if j == 0 else None)
-    for j, t in enumerate(predicted_drops or []):
-        ax.axvline(t, color="tab:blue", ls=":", lw=0.9, label="predicted drops" if j == 0 else None)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    mark_predictions(ax, levels, predicted_drops, "predicted plateaus")
     positive = loss[keep][loss[keep] > 0]
     if len(positive):
         ax.set_ylim(max(positive.min(), min(lv for lv in levels if lv > 0) * 1e-3) * 0.5, positive.max() * 2)
