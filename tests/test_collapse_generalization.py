@@ -25,6 +25,7 @@ SMALL = [
     "--task.large_lr=0.1",
     "--task.t1_sweep=[0,1200]",
     "--task.lr_sweep=[0.005,0.1]",
+    "--task.control_lr=0.005",
     "--train.max_steps=1900",
 ]
 
@@ -56,20 +57,29 @@ def test_drop_check_fails_a_flat_error_a_rate_below_the_threshold_and_a_short_ph
     s, trainer = small_run
     task = trainer.task
     pred = task.predictions()
-    excess = task.excess().cpu().numpy()[2:]
-    switch = task.collapsed(task.switch).double().cpu().numpy()[2:]
-    assert task.drop_check(excess, switch, pred)["passed"]
+    every = task.excess().cpu().numpy()
+    excess, control = every[2:4], every[4:]
+    switch = task.collapsed(task.switch).double().cpu().numpy()[2:4]
+    assert task.drop_check(excess, switch, pred, control)["passed"]
     flat = np.repeat(excess[:1], 2, axis=0)  # the same errors at both T1: no drop
-    assert not task.drop_check(flat, switch, pred)["passed"]
+    assert not task.drop_check(flat, switch, pred, control)["passed"]
+    # a control that falls as much as the sweep: the fall is not the collapse's
+    same = task.drop_check(excess, switch, pred, excess)
+    assert not same["passed"] and same["observed"] == 0.0
+    task.tc.control_lr = 0.1  # a "control" above the threshold is no control
+    try:
+        assert not task.drop_check(excess, switch, pred, control)["passed"]
+    finally:
+        task.tc.control_lr = 0.005
     task.tc.large_lr = 0.005  # judged at a rate below the threshold: nothing is predicted to collapse
     try:
-        result = task.drop_check(excess, switch, pred)
+        result = task.drop_check(excess, switch, pred, control)
         assert not result["passed"] and not result["predicted_collapsed"]
     finally:
         task.tc.large_lr = 0.1
     task.t1_max = 200  # a large phase too short for the drift to decide any collapse
     try:
-        assert not task.drop_check(excess, switch, pred)["passed"]
+        assert not task.drop_check(excess, switch, pred, control)["passed"]
         assert not task.threshold_check(switch * 0, pred)["passed"]
     finally:
         task.t1_max = 1200

@@ -58,6 +58,10 @@ class CollapseGeneralizationConfig:
     init_scale: float = 0.5  # u, v ~ init_scale * N(0, 1)
     collapse_eps: float = 1e-4  # a neuron has collapsed when |u| and |v| are both below this
     large_lr: float = 0.06  # the large rate of the T1 sweep
+    # A rate below the collapse of every extra neuron, run for the shortest and the longest T1: how much the
+    # test error falls with a longer large phase without collapse (a large rate also shrinks neurons it
+    # does not kill), which the T1 sweep's fall must exceed by the collapse's share.
+    control_lr: float = 0.01
     t1_sweep: list[int] = field(default_factory=lambda: [0, 500, 1000, 2000, 3500, 5000])
     lr_sweep: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.03, 0.06, 0.08])  # at the longest T1
     replicas: int = 100
@@ -68,6 +72,7 @@ class CollapseGeneralizationConfig:
         at_least("task", 0, k=self.k)
         require(self.k < self.d, f"task.k = {self.k} must be below task.d = {self.d}; the student needs extra neurons")
         positive("task", init_scale=self.init_scale, collapse_eps=self.collapse_eps, large_lr=self.large_lr)
+        positive("task", control_lr=self.control_lr)
         positive("task", label_noise=self.label_noise, teacher=self.teacher)
         require(len(self.t1_sweep) >= 2, "task.t1_sweep needs at least two lengths; give e.g. [0, 5000]")
         for t1 in self.t1_sweep:
@@ -109,8 +114,9 @@ class CollapseGeneralizationTask(SmallTask):
                 f"set it above {self.t1_max}"
             )
         self.small = opt.lr
-        self.large = [*tc.lr_sweep, *[tc.large_lr] * len(tc.t1_sweep)]
-        self.t1 = [self.t1_max] * len(tc.lr_sweep) + list(tc.t1_sweep)
+        # settings: the lr sweep, the T1 sweep, the control at the shortest and the longest T1
+        self.large = [*tc.lr_sweep, *[tc.large_lr] * len(tc.t1_sweep), tc.control_lr, tc.control_lr]
+        self.t1 = [self.t1_max] * len(tc.lr_sweep) + list(tc.t1_sweep) + [min(tc.t1_sweep), self.t1_max]
         self.data = theory.make_data(tc.d, tc.k, tc.n, tc.teacher, tc.label_noise, tc.data_seed)
         self.x = torch.as_tensor(self.data.x, device=ctx.device)
         self.y = torch.as_tensor(self.data.y, device=ctx.device)
@@ -237,10 +243,11 @@ class CollapseGeneralizationTask(SmallTask):
         pred = self.predictions()
         at_switch = self.collapsed(self.switch).double().cpu().numpy()  # (S, R, d)
         excess = self.excess().cpu().numpy()  # (S, R)
-        ns = len(tc.lr_sweep)
+        ns, nt = len(tc.lr_sweep), len(tc.t1_sweep)
+        sweep = slice(ns, ns + nt)
         checks = {
             "collapse_threshold": self.threshold_check(at_switch[:ns], pred),
-            "test_error_falls_with_t1": self.drop_check(excess[ns:], at_switch[ns:], pred),
+            "test_error_falls_with_t1": self.drop_check(excess[sweep], at_switch[sweep], pred, excess[ns + nt :]),
             "collapse_exponent": self.exponent_check(pred),
         }
         grid = np.geomspace(min(self.large) / 4, max(self.large), 10)
@@ -254,8 +261,10 @@ class CollapseGeneralizationTask(SmallTask):
             },
             "observed": {
                 "collapsed_fraction_lr_sweep": at_switch[:ns, :, tc.k :].mean((1, 2)).round(4).tolist(),
-                "collapsed_fraction_t1_sweep": at_switch[ns:, :, tc.k :].mean((1, 2)).round(4).tolist(),
-                "test_error_t1_sweep": excess[ns:].mean(1).round(5).tolist(),
+                "collapsed_fraction_t1_sweep": at_switch[sweep, :, tc.k :].mean((1, 2)).round(4).tolist(),
+                "test_error_t1_sweep": excess[sweep].mean(1).round(5).tolist(),
+                "control_collapsed_fraction": at_switch[ns + nt :, :, tc.k :].mean((1, 2)).round(4).tolist(),
+                "control_test_error": excess[ns + nt :].mean(1).round(5).tolist(),
             },
             "checks": checks,
         }
@@ -281,37 +290,52 @@ class CollapseGeneralizationTask(SmallTask):
         result["notes"] = self.notes()
         return result
 
-    def drop_check(self, excess: np.ndarray, at_switch: np.ndarray, pred: dict[str, Any]) -> dict[str, Any]:
-        """(b) The T1 sweep at task.large_lr: the mean test error at the longest T1 is below that at the
-        shortest by at least MIN_DROP_FRACTION of the predicted drop and by more than CLEAR_SE standard
-        errors, and no longer T1 raises it by more than CLEAR_SE standard errors. The predicted drop: least
-        squares on every neuron minus least squares on the teacher's neurons and the ones predicted not to
-        collapse by the longest T1; where nothing is predicted to collapse (a rate below the threshold, the
-        full batch) there is no drop to find, and the check fails."""
+    def drop_check(
+        self, excess: np.ndarray, at_switch: np.ndarray, pred: dict[str, Any], control: np.ndarray
+    ) -> dict[str, Any]:
+        """(b) The T1 sweep at task.large_lr: the fall of the mean test error from the shortest to the
+        longest T1, minus the fall of the control (``control``: task.control_lr at those two T1, where no
+        neuron is predicted to collapse), is at least MIN_DROP_FRACTION of the predicted drop and more than
+        CLEAR_SE standard errors, and no longer T1 raises the sweep's error by more than CLEAR_SE standard
+        errors. The predicted drop: least squares on every neuron minus least squares on the teacher's
+        neurons and the ones predicted not to collapse by the longest T1; where nothing is predicted to
+        collapse (a rate below the threshold, the full batch) there is no drop to find, and the check
+        fails; so it does where the control is predicted to collapse a neuron (it would not be a control)."""
         tc = self.tc
         gap, sure = self.outcome(tc.large_lr, self.t1_max, pred)
         off = np.arange(tc.k, tc.d)
         gone = off[(gap[off] < 0) & sure[off]]
+        control_gap, _ = self.outcome(tc.control_lr, self.t1_max, pred)
+        control_collapses = off[control_gap[off] < 0].tolist()  # expected below eps, decided or not
         keep = np.setdiff1d(np.arange(tc.d), gone)
         kept_fit = theory.least_squares(self.data, keep)
         predicted_drop = pred["error_least_squares_all"] - float(theory.excess_error(kept_fit, self.data.teacher))
         order = np.argsort(tc.t1_sweep)
         means = excess.mean(1)[order]
         ses = excess.std(1, ddof=1)[order] / math.sqrt(tc.replicas)
-        drop = float(means[0] - means[-1])
-        drop_se = float(math.hypot(ses[0], ses[-1]))
+        control_means = control.mean(1)
+        control_ses = control.std(1, ddof=1) / math.sqrt(control.shape[1])
+        control_drop = float(control_means[0] - control_means[-1])
+        drop = float(means[0] - means[-1]) - control_drop
+        drop_se = float(math.hypot(ses[0], ses[-1], *control_ses))
         rises = [float(means[i + 1] - means[i]) for i in range(len(means) - 1)]
         flat = all(r <= CLEAR_SE * math.hypot(ses[i], ses[i + 1]) for i, r in enumerate(rises))
         wanted = MIN_DROP_FRACTION * predicted_drop
         passed = len(gone) > 0 and predicted_drop > 0 and drop >= wanted and drop > CLEAR_SE * drop_se and flat
+        passed = passed and not control_collapses
         notes = self.notes()
         if not len(gone):
             notes.append(f"no neuron is predicted to collapse at lr {tc.large_lr:g} by T1 = {self.t1_max}")
+        if control_collapses:
+            notes.append(f"task.control_lr = {tc.control_lr:g} is predicted to collapse neurons {control_collapses}")
         return check(
             passed,
-            f"drop >= {MIN_DROP_FRACTION:g} x predicted {predicted_drop:.4g} and > {CLEAR_SE:g} SE, never rising",
+            f"drop beyond the control's >= {MIN_DROP_FRACTION:g} x predicted {predicted_drop:.4g} and > {CLEAR_SE:g} "
+            "SE, never rising",
             round(drop, 5),
             standard_error=round(drop_se, 5),
+            control_drop=round(control_drop, 5),
+            control_test_error=control_means.round(5).tolist(),
             test_error_by_t1={int(tc.t1_sweep[i]): round(float(m), 5) for i, m in zip(order, means)},
             predicted_collapsed=gone.tolist(),
             collapsed_fraction_by_t1=at_switch[order][:, :, tc.k :].mean((1, 2)).round(4).tolist(),
