@@ -249,6 +249,12 @@ def key_param(charge: str) -> str:
     return {"scale": "w_in", "rescale": "w_out"}[charge]
 
 
+def teacher_classes(rng: np.random.Generator, n: int, d_in: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """n Gaussian inputs and their classes under a random linear teacher (argmax of x W)."""
+    x = rng.standard_normal((n, d_in))
+    return x, np.argmax(x @ rng.standard_normal((d_in, classes)), axis=1)
+
+
 class ConservationLawsTask(SmallTask):
     config_class = ConservationLawsConfig
     data_seed_key = "data_seed"
@@ -258,8 +264,7 @@ class ConservationLawsTask(SmallTask):
         super().__init__(cfg, ctx)
         tc = self.tc
         rng = np.random.default_rng(tc.data_seed)
-        x = rng.standard_normal((tc.n, tc.d_in))
-        labels = np.argmax(x @ rng.standard_normal((tc.d_in, tc.classes)), axis=1)
+        x, labels = teacher_classes(rng, tc.n, tc.d_in, tc.classes)
         self.x = torch.tensor(x, device=ctx.device)
         self.y = torch.tensor(labels, device=ctx.device)
         self.n_steps = cfg.train.max_steps

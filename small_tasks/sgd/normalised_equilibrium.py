@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from configs import Config, at_least, require
 from runtime import Context
 from small_tasks.sgd import spherical
+from small_tasks.sgd.conservation_laws import teacher_classes
 from small_tasks.toolkit.base import SmallTask, check
 from small_tasks.toolkit.plots import finish, plt
 from small_tasks.toolkit.records import Recorder
@@ -131,8 +132,7 @@ class NormalisedEquilibriumTask(SmallTask):
         super().__init__(cfg, ctx)
         tc = self.tc
         rng = np.random.default_rng(tc.data_seed)
-        x = rng.standard_normal((tc.n, tc.d_in))
-        labels = np.argmax(x @ rng.standard_normal((tc.d_in, tc.classes)), axis=1)
+        x, labels = teacher_classes(rng, tc.n, tc.d_in, tc.classes)
         noisy = rng.random(tc.n) < tc.label_noise
         labels[noisy] = rng.integers(0, tc.classes, int(noisy.sum()))
         self.x = torch.tensor(x, device=ctx.device)
