@@ -335,6 +335,9 @@ def analyse(rec: dict[str, np.ndarray], setup: Setup, notes: list[str] | None = 
         ratios=ratio.round(4).tolist(),
         effective_lr_predicted=(setup.lrs[:, None] / pred).round(6).tolist(),
         effective_lr_observed=(setup.lrs[:, None] / q).round(6).tolist(),
+        # G, the unit-norm gradient power, is measured on the run judged: this tests the balance law given G;
+        # the predictions from the setup alone are approach_time, eta_over_wd_scaling and same_equilibrium
+        kind="implementation",
         **({"notes": eq_notes} if eq_notes else {}),
     )
     checks.update(side_checks(rec, setup, w, notes))
