@@ -55,11 +55,6 @@ def equilibrium_norm_sq(lr: float, wd: float, momentum: float, unit_grad_sq: flo
     return float(np.sqrt(num / den))
 
 
-def equilibrium_effective_lr(lr: float, wd: float, momentum: float, unit_grad_sq: float, memory: float = 1.0) -> float:
-    """eta / Q*: the effective learning rate on the sphere at equilibrium (0 without weight decay)."""
-    return lr / equilibrium_norm_sq(lr, wd, momentum, unit_grad_sq, memory)
-
-
 def relaxation(n_steps: int, lr: float, wd: float, momentum: float) -> np.ndarray:
     """h_0..h_n: the fraction of an initial gap P_0 - P* left after n steps (the linearised law, stiffness 4 wd)."""
     return noether.decay_factor(np.full(n_steps, lr), 4.0 * wd, momentum)
